@@ -1,0 +1,33 @@
+# EMMR scoring. `make demo` runs the job end to end; `make test` sets up what the tests need and runs them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: help venv test test-fast demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/dev.txt requirements/lock.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/lock.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(STAMP) ## create .venv with the pinned environment and the `emmr` console script
+
+test: venv ## install what the tests need, start their servers, run the whole suite
+	$(PY) -m pytest
+
+test-fast: venv ## the suite without tests marked slow
+	$(PY) -m pytest -m "not slow"
+
+demo: venv ## synthesise data and score it (grows with the pipeline)
+	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh $(DEMO_DIR)
+
+clean: ## remove the demo outputs and caches
+	rm -rf runs .pytest_cache

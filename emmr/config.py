@@ -1,0 +1,116 @@
+"""The model's configuration: modalities, sizes, classes and members; the `paper`, `small` and `mosi` presets.
+
+The configuration travels with every checkpoint (config.json), so serving cannot drift from training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from schemas.modality import ModalitySpec, check_modalities
+
+MEMBERS = ("tf", "ae", "mmin")
+FUSIONS = ("attention", "max", "average")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to build the network. Defaults are the paper's (Section 4.2)."""
+
+    modalities: tuple[ModalitySpec, ...]
+    label_names: tuple[str, ...] = ("negative", "neutral", "positive")
+    hidden: int = 300  # h: projection size of every modality (Eq. 1)
+    heads: int = 4  # attention heads (Eq. 1, Eq. 7)
+    ffn: int = 1200  # feed-forward width of the TF member (Eq. 7)
+    dropout: float = 0.1
+    ae_dims: tuple[int, ...] = (256, 128, 64)  # AE member: h-256-128-64-128-256-h (Eq. 5)
+    mmin_blocks: int = 5  # MMIN member: cascade of residual autoencoders (Eq. 6)
+    mmin_dims: tuple[int, ...] = (256, 128)  # each residual autoencoder: h-256-128-256-h
+    members: tuple[str, ...] = MEMBERS  # the first member is the backbone that the consistency check reads
+    fusion: str = "attention"  # how the ensemble combines members: Eq. 12 ("attention"), or "max" / "average"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", check_modalities(tuple(self.modalities)))
+        object.__setattr__(self, "label_names", tuple(self.label_names))
+        object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "ae_dims", tuple(self.ae_dims))
+        object.__setattr__(self, "mmin_dims", tuple(self.mmin_dims))
+        if len(self.label_names) < 2:
+            raise ValueError(f"at least two classes are needed, got {self.label_names}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        unknown = [m for m in self.members if m not in MEMBERS]
+        if unknown or not self.members or len(set(self.members)) != len(self.members):
+            raise ValueError(f"members must be distinct names from {MEMBERS}, got {self.members}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def modality_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
+
+    @property
+    def ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["modalities"] = [m.to_dict() for m in self.modalities]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["modalities"] = tuple(ModalitySpec.from_dict(m) for m in d["modalities"])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**d)
+
+    def with_(self, **changes) -> "ModelConfig":
+        return replace(self, **changes)
+
+
+def _mods(*specs: tuple[str, int, int]) -> tuple[ModalitySpec, ...]:
+    return tuple(ModalitySpec(n, d, l) for n, d, l in specs)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The paper's sizes: CMU-MOSI features 709 (visual, Facet), 33 (acoustic, COVAREP), 768 (text, BERT).
+    "paper": ModelConfig(modalities=_mods(("visual", 709, 100), ("acoustic", 33, 150), ("text", 768, 25))),
+    # Small enough to train in seconds on two CPU cores: tests, the demo, synthetic studies.
+    "small": ModelConfig(
+        modalities=_mods(("visual", 16, 8), ("acoustic", 12, 10), ("text", 20, 6)),
+        hidden=32,
+        heads=4,
+        ffn=64,
+        dropout=0.1,
+        ae_dims=(24, 16, 8),
+        mmin_blocks=5,
+        mmin_dims=(24, 16),
+    ),
+    # CMU-MOSI utterance-level features in ../shared/datasets (one step per modality, binary labels).
+    "mosi": ModelConfig(
+        modalities=_mods(("visual", 100, 1), ("acoustic", 73, 1), ("text", 100, 1)),
+        label_names=("negative", "positive"),
+        hidden=64,
+        heads=4,
+        ffn=256,
+        dropout=0.2,
+        ae_dims=(48, 32, 16),
+        mmin_dims=(48, 32),
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+
