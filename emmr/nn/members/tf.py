@@ -1,0 +1,29 @@
+"""Eq. 7: the TF member, a one-layer Transformer encoder and decoder (FFN width 1200 in the paper).
+
+The encoder reads the observed slots; the decoder's queries are every slot that counts after recovery
+(observed and missing), and it cross-attends to the encoder output. The decoded missing slots are the
+reconstruction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emmr.config import ModelConfig
+from emmr.nn.layout import Masks
+
+
+class TransformerMember(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        h = config.hidden
+        self.encoder = nn.TransformerEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True)
+        self.decoder = nn.TransformerDecoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True)
+
+    def forward(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """(B, T, h) -> (B, T, h)."""
+        memory = self.encoder(z_in, src_key_padding_mask=~masks.observed)  # (B, T, h)
+        return self.decoder(
+            z_in, memory, tgt_key_padding_mask=~masks.recovered_valid, memory_key_padding_mask=~masks.observed
+        )

@@ -1,0 +1,50 @@
+"""Eq. 1-2: per-modality projection and multi-head self-attention, then concatenation along time.
+
+Eq. 1:  P_m = X_m W_m (no bias);  Z_m = LayerNorm(P_m + MHA(P_m, P_m, P_m; key padding mask of m))
+Eq. 2:  Z = [Z_v; Z_a; Z_t] along time, (B, T, h); padded and missing steps are zero.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from emmr.config import ModelConfig
+
+
+class ModalityEncoder(nn.Module):
+    """Eq. 1 for one modality."""
+
+    def __init__(self, dim: int, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.project = nn.Linear(dim, hidden, bias=False)  # W_m
+        self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d), valid (B, L) -> (B, L, h), zero where not valid."""
+        p = self.project(x * valid[..., None].to(x.dtype))  # (B, L, h); nothing leaks from padding
+        # A row with no valid step (missing modality) would attend to nothing and give NaN: let it attend to
+        # its (zero) steps and zero the result afterwards.
+        key_padding = ~valid & valid.any(dim=1, keepdim=True)
+        a, _ = self.attention(p, p, p, key_padding_mask=key_padding, need_weights=False)
+        return self.norm(p + a) * valid[..., None].to(p.dtype)
+
+
+class SequenceEncoder(nn.Module):
+    """Eq. 1 for every modality, then Eq. 2."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.encoders = nn.ModuleList(
+            ModalityEncoder(m.dim, config.hidden, config.heads, config.dropout) for m in config.modalities
+        )
+
+    def forward(self, features: list[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:
+        """features: per modality (B, L_m, d_m); observed (B, T) -> Z (B, T, h)."""
+        out, start = [], 0
+        for enc, x in zip(self.encoders, features):
+            n = x.shape[1]
+            out.append(enc(x, observed[:, start : start + n]))
+            start += n
+        return torch.cat(out, dim=1)  # Eq. 2

@@ -1,0 +1,73 @@
+"""Scoring API used by the pipeline and the evaluation: a loaded checkpoint that turns a ModalityBatch into
+predictions with their key-missing flags (numpy in, numpy out; torch stays inside)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from emmr import checkpoint
+from emmr.batch import ModalityBatch
+from emmr.config import ModelConfig
+from emmr.nn.emmr import EMMR
+from emmr.tensors import model_inputs
+
+
+@dataclass
+class Scores:
+    probabilities: np.ndarray  # (B, C) float32
+    label_index: np.ndarray  # (B,) int64
+    key_missing: np.ndarray  # (B,) bool
+    key_modality: np.ndarray  # (B,) int64, -1 = none
+    label_full: np.ndarray  # (B,) int64: argmax of Eq. 8
+    label_pair: np.ndarray  # (B,) int64: argmax of Eq. 9 for the reported modality; -1 when nothing is missing
+    ensemble_used: np.ndarray  # (B,) bool
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device asked for, or an error: a job asked to run on a GPU never falls back to the CPU silently."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for, but torch sees no CUDA device (torch {torch.__version__})")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {name!r}")
+    return device
+
+
+class Scorer:
+    def __init__(self, model: EMMR, meta: dict, device: torch.device, autocast_dtype: torch.dtype | None = None):
+        self.model, self.meta, self.device = model.eval(), meta, device
+        self.autocast_dtype = autocast_dtype
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu", autocast: str | None = None) -> "Scorer":
+        dev = resolve_device(device)
+        started = time.perf_counter()
+        model, meta = checkpoint.load(path, dev)
+        dtype = {None: None, "none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[autocast]
+        scorer = cls(model, meta, dev, dtype)
+        scorer.load_seconds = time.perf_counter() - started
+        return scorer
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def version(self) -> str:
+        return self.meta["model_version"]
+
+    def score(self, batch: ModalityBatch) -> Scores:
+        names = self.config.modality_names
+        features, lengths = model_inputs(batch, names, self.device)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                                    enabled=self.autocast_dtype is not None):
+            out = self.model(features, lengths, all_members=False)
+        c = out.check
+        tensors = (out.logits.float().softmax(dim=-1), out.logits.argmax(dim=-1), c.key_missing, c.key_modality,
+                   c.label_full, c.label_pair, out.ensemble_used)
+        probs, label, key, key_mod, full, pair, ens = (t.cpu().numpy() for t in tensors)
+        return Scores(probs.astype(np.float32), label, key, key_mod, full, pair, ens)
