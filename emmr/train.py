@@ -167,14 +167,20 @@ def train_teacher(train: ModalityBatch, val: ModalityBatch, config: ModelConfig,
     return teacher, best, history
 
 
-def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """The whole procedure: teacher, freeze, then the student with simulated missingness."""
+def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cfg: TrainConfig, progress: bool = True,
+               teacher: tuple[FullModalityNetwork, dict] | None = None) -> TrainResult:
+    """The whole procedure: teacher, freeze, then the student with simulated missingness.
+
+    `teacher` (network, its validation metrics) reuses a frozen full-modality network trained on the same
+    data, so that several methods of one comparison share it.
+    """
     _check_labels(train, config.num_classes, "training data")
     _check_labels(val, config.num_classes, "validation data")
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     names = config.modality_names
-    teacher, teacher_best, _ = train_teacher(train, val, config, cfg, progress)
+    teacher, teacher_best = teacher or train_teacher(train, val, config, cfg, progress)[:2]
+    torch.manual_seed(cfg.seed)
     model = EMMR(config).to(device)
     probs = np.asarray(cfg.missing_probs) if cfg.missing_probs else None
     present = train.present()

@@ -34,7 +34,8 @@ class MemberFusion(nn.Module):
     def __init__(self, dim: int, fusion: str):
         super().__init__()
         self.fusion = fusion
-        self.score = nn.Sequential(nn.Linear(dim, dim // 2 or 1), nn.Tanh(), nn.Linear(dim // 2 or 1, 1, bias=False))
+        if fusion == "attention":  # W, b and v of Eq. 12
+            self.score = nn.Sequential(nn.Linear(dim, max(dim // 2, 1)), nn.Tanh(), nn.Linear(max(dim // 2, 1), 1, bias=False))
 
     def forward(self, reps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """reps (B, J, D) -> (F (B, D), alpha (B, J))."""

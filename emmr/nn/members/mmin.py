@@ -3,6 +3,7 @@ concatenated and projected back to h.
 
 Block k reads x_k = x_0 + sum_{i<k} out_i (the residual cascade) and gives (latent_k, out_k); the member's
 decoded sequence is W_p [latent_1; ...; latent_K]. Per step, like the AE member, with the record context.
+The last block's output would feed nothing, so the last block has an encoder only.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ class MMINMember(nn.Module):
         super().__init__()
         pairs = [mlp_autoencoder(config.hidden, config.mmin_dims, config.dropout) for _ in range(config.mmin_blocks)]
         self.encoders = nn.ModuleList(e for e, _ in pairs)
-        self.decoders = nn.ModuleList(d for _, d in pairs)
+        self.decoders = nn.ModuleList(d for _, d in pairs[:-1])
         self.project = nn.Linear(config.mmin_blocks * config.mmin_dims[-1], config.hidden)  # W_p
 
     def forward(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
         x0 = with_context(z_in, z, masks.observed)
         x, latents = x0, []
-        for enc, dec in zip(self.encoders, self.decoders):
+        for k, enc in enumerate(self.encoders):
             latent = enc(x)  # (B, T, l)
             latents.append(latent)
-            x = x + dec(latent)  # residual cascade: x_{k+1} = x_0 + sum of outputs so far
+            if k < len(self.decoders):
+                x = x + self.decoders[k](latent)  # residual cascade: x_{k+1} = x_0 + sum of outputs so far
         return self.project(torch.cat(latents, dim=-1))  # (B, T, h)
