@@ -1,0 +1,200 @@
+"""The EMMR model handler for RunInference: ScoringBatches in (ids travel inside them), ScoredBatches out.
+
+Beam's PyTorch handler stacks one tensor per example and cannot batch variable-length or missing modalities;
+this one concatenates already padded numpy batches (every modality padded to the model's max_len, length 0 =
+missing), lets emmr.scorer.Scorer turn them into torch on the chosen device under `torch.inference_mode`, and
+hands numpy back. Torch never leaves this module.
+
+Batching: in batch mode each element already holds up to --batch_size records, so RunInference's BatchElements
+weighs elements by their record count and groups small ones up to --batch_size (it never splits one); in
+streaming each element holds one record, and batches close at --batch_size records or after
+--batch_duration_s seconds.
+
+A failure never takes its batch neighbours with it: when the model raises on a batch, the batch is bisected
+until only the records that fail on their own remain; they come back as `failures` (-> dead letters of kind
+inference_error), as do records whose probabilities are not finite (non_finite_output). Anything that still
+escapes goes to RunInference's exception output, which the pipeline turns into dead letters for the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from beam_pipeline import metrics
+from beam_pipeline.dead_letters import INFERENCE_ERROR, NON_FINITE_OUTPUT
+from beam_pipeline.elements import ScoringBatch, concat_records
+from emmr.batch import ModalityBatch
+from emmr.scorer import Scorer, Scores
+
+log = logging.getLogger(__name__)
+SCORE_FIELDS = ("probabilities", "label_index", "key_missing", "key_modality", "label_full", "label_pair",
+                "ensemble_used")
+
+
+@dataclass
+class ModelInfo:
+    version: str
+    device: str
+    requested_device: str
+    load_seconds: float
+    label_names: tuple[str, ...]
+    modality_names: tuple[str, ...]
+
+
+class LoadedModel:
+    """A loaded Scorer behind two picklable calls, so that it can also be shared across processes
+    (RunInference's MultiProcessShared proxies method calls, not attributes)."""
+
+    def __init__(self, scorer: Scorer, requested_device: str):
+        self._scorer, self._requested = scorer, requested_device
+
+    def score(self, records: ModalityBatch) -> Scores:
+        return self._scorer.score(records)
+
+    def info(self) -> ModelInfo:
+        s = self._scorer
+        return ModelInfo(version=s.version, device=str(s.device), requested_device=self._requested,
+                         load_seconds=float(getattr(s, "load_seconds", 0.0)), label_names=tuple(s.config.label_names),
+                         modality_names=tuple(s.config.modality_names))
+
+
+@dataclass
+class ScoredBatch:
+    """The handler's output for one input element: its records, their scores, and the records that failed."""
+
+    batch: ScoringBatch
+    scores: Scores  # one row per record; rows of failed records hold placeholders
+    failures: dict[int, tuple[str, str]]  # record index -> (dead-letter kind, message)
+    model: ModelInfo
+    scored_at_us: int = 0
+
+    def ok(self) -> np.ndarray:
+        """(B,) bool: records with a prediction."""
+        keep = np.ones(len(self.batch), dtype=bool)
+        keep[list(self.failures)] = False
+        return keep
+
+
+@dataclass
+class _Outcome:
+    scores: Scores
+    failures: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+
+def _empty_scores(n: int, classes: int) -> Scores:
+    return Scores(probabilities=np.zeros((n, classes), np.float32), label_index=np.zeros(n, np.int64),
+                  key_missing=np.zeros(n, bool), key_modality=np.full(n, -1, np.int64),
+                  label_full=np.zeros(n, np.int64), label_pair=np.full(n, -1, np.int64),
+                  ensemble_used=np.zeros(n, bool))
+
+
+def _assign(dst: Scores, start: int, src: Scores) -> None:
+    for f in SCORE_FIELDS:
+        part = getattr(src, f)
+        getattr(dst, f)[start : start + len(part)] = part
+
+
+def _slice(s: Scores, start: int, stop: int) -> Scores:
+    return Scores(**{f: getattr(s, f)[start:stop] for f in SCORE_FIELDS})
+
+
+def score_robustly(model: LoadedModel, records: ModalityBatch, classes: int) -> _Outcome:
+    """Score a batch; on an exception, bisect so that only records failing on their own are reported."""
+    try:
+        scores = model.score(records)
+        if len(scores.probabilities) != len(records):
+            raise RuntimeError(f"the model returned {len(scores.probabilities)} rows for {len(records)} records")
+        out = _Outcome(scores)
+    except Exception as e:  # noqa: BLE001 - any model failure is isolated to the records that cause it
+        if len(records) == 1:
+            return _Outcome(_empty_scores(1, classes), {0: (INFERENCE_ERROR, f"the model raised {e!r}")})
+        log.warning("inference failed on a batch of %d records (%r); bisecting", len(records), e)
+        half = len(records) // 2
+        left = score_robustly(model, records.take(np.arange(half)), classes)
+        right = score_robustly(model, records.take(np.arange(half, len(records))), classes)
+        scores = _empty_scores(len(records), classes)
+        _assign(scores, 0, left.scores)
+        _assign(scores, half, right.scores)
+        out = _Outcome(scores, {**left.failures, **{half + i: f for i, f in right.failures.items()}})
+    finite = np.isfinite(out.scores.probabilities).all(axis=1)
+    for i in np.flatnonzero(~finite):
+        out.failures.setdefault(int(i), (NON_FINITE_OUTPUT, "the model returned non-finite probabilities"))
+    return out
+
+
+class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
+    def __init__(self, model_path: str, *, device: str = "cpu", autocast: str | None = None,
+                 torch_threads: int | None = None, batch_size: int = 256, batch_duration_s: float | None = None,
+                 share_model: bool = False, model_copies: int | None = None, clock=time):
+        """batch_duration_s: None in batch mode (elements are record batches); seconds in streaming."""
+        super().__init__()
+        self._model_path, self._device, self._autocast = model_path, device, autocast
+        self._torch_threads, self._batch_size, self._batch_duration_s = torch_threads, batch_size, batch_duration_s
+        self._share, self._copies = share_model or model_copies is not None, model_copies
+        self._clock = clock
+        self._info: ModelInfo | None = None
+        self._recorder: metrics.Recorder | None = None
+
+    def load_model(self) -> LoadedModel:
+        if self._torch_threads:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+        scorer = Scorer.load(self._model_path, self._device, self._autocast)
+        log.info("loaded model %s from %s on %s (asked for %s) in %.2f s", scorer.version, self._model_path,
+                 scorer.device, self._device, getattr(scorer, "load_seconds", 0.0))
+        return LoadedModel(scorer, self._device)
+
+    def run_inference(self, batch: Sequence[ScoringBatch], model: LoadedModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[ScoredBatch]:
+        elements = list(batch)
+        if self._info is None:
+            self._info = model.info()
+        info, rec = self._info, self._recorder or metrics.Recorder()
+        self._recorder = rec
+        rec.set(metrics.MODEL_INFO, 1, version=info.version, device=info.device, requested_device=info.requested_device)
+        rec.set(metrics.MODEL_LOAD, info.load_seconds)
+        scoring = [e for e in elements if len(e)]
+        if not scoring:
+            return [ScoredBatch(e, _empty_scores(0, len(info.label_names)), {}, info) for e in elements]
+        records = concat_records([e.records for e in scoring])
+        started = self._clock.perf_counter()
+        outcome = score_robustly(model, records, len(info.label_names))
+        rec.observe(metrics.INFERENCE_LATENCY, self._clock.perf_counter() - started)
+        rec.observe(metrics.BATCH_SIZE, len(records))
+        scored_at_us = int(self._clock.time() * 1e6)
+        out, start = [], 0
+        for e in elements:
+            stop = start + len(e)
+            failures = {i - start: f for i, f in outcome.failures.items() if start <= i < stop}
+            out.append(ScoredBatch(e, _slice(outcome.scores, start, stop), failures, info, scored_at_us))
+            start = stop
+        return out
+
+    def get_num_bytes(self, batch: Sequence[ScoringBatch]) -> int:
+        return sum(sum(f.nbytes for f in e.records.features.values()) for e in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "emmr.RunInference"
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        if self._batch_duration_s is None:  # batch mode: elements are record batches, weighed by record count
+            return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size, "element_size_fn": len}
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size,
+                "max_batch_duration_secs": self._batch_duration_s}
+
+    def share_model_across_processes(self) -> bool:
+        return self._share
+
+    def model_copies(self) -> int:
+        return self._copies or 1
+
+    def __repr__(self) -> str:
+        return f"EMMRModelHandler({self._model_path!r}, device={self._device!r})"

@@ -1,0 +1,193 @@
+"""The job's typed options, and the checks that reject bad combinations when the job is built.
+
+`ScoringOptions` adds the job's flags to Beam's PipelineOptions (so one argv carries both). `check_options`
+validates the combination and returns a `JobConfig`: the resolved mode (batch or streaming) and the kind of
+every output, so that `build_pipeline` never re-parses flags. Anything wrong raises `OptionsError` listing
+every problem at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
+
+TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]{3,255}$")
+SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]{3,255}$")
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+AUTOCAST = ("none", "bfloat16", "float16")
+DEFAULT_METRICS_PORT = 9464  # streaming workers; the first free port from here up is taken, one per process
+DEFAULT_JOB_NAME = "emmr-score"
+BATCH, STREAMING = "batch", "streaming"
+
+
+class ScoringOptions(PipelineOptions):
+    """The scoring job's flags. Beam's own (--runner, --job_name, --streaming, ...) parse alongside."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        g = parser.add_argument_group("EMMR scoring")
+        g.add_argument("--input", help="batch: Parquet glob of input record v1, local or gs:// (e.g. data/*.parquet)")
+        g.add_argument("--input_subscription", help="streaming: projects/<p>/subscriptions/<s> of message v1")
+        g.add_argument("--input_topic", help="streaming: projects/<p>/topics/<t> (Beam creates a subscription)")
+        g.add_argument("--output", help="Parquet prefix for prediction v1, local or gs:// (files <prefix>-SSSSS-of-NNNNN.parquet)")
+        g.add_argument("--output_topic", help="streaming: projects/<p>/topics/<t>; one JSON prediction v1 per message")
+        g.add_argument("--dead_letter", help="required: Parquet prefix, or (streaming) a topic projects/<p>/topics/<t>")
+        g.add_argument("--model", help="required: checkpoint directory, local or gs://")
+        g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; cuda without a GPU is an error (default cpu)")
+        g.add_argument("--autocast", default="none", choices=AUTOCAST, help="mixed precision on the device (default none)")
+        g.add_argument("--torch_threads", type=int, default=None, help="torch CPU threads per worker process (default: torch's)")
+        g.add_argument("--batch_size", type=int, default=256, help="maximum records per inference batch (default 256)")
+        g.add_argument("--batch_duration_s", type=float, default=0.5,
+                       help="streaming: longest wait to fill a batch, seconds, at most 10 (default 0.5)")
+        g.add_argument("--window_s", type=float, default=60.0,
+                       help="streaming file outputs: one set of files per fixed window of this many seconds (default 60)")
+        g.add_argument("--share_model", action="store_true",
+                       help="one model per machine shared by its worker processes (large models; see --model_copies)")
+        g.add_argument("--model_copies", type=int, default=None,
+                       help="number of shared model copies per machine (implies --share_model)")
+        g.add_argument("--metrics_port", type=int, default=None,
+                       help=f"serve Prometheus /metrics from each worker process on the first free port from here "
+                            f"(default {DEFAULT_METRICS_PORT} when streaming, off in batch); 0 or -1: off")
+        g.add_argument("--metrics_addr", default="0.0.0.0", help="bind address of /metrics (default 0.0.0.0)")
+        g.add_argument("--pushgateway", default=None,
+                       help="batch: push the job summary to this Pushgateway (host:port or URL), grouping key job=<job name>")
+        g.add_argument("--summary_json", default=None, help="batch: also write the job summary as JSON here (local or gs://)")
+
+
+class OptionsError(ValueError):
+    """The options do not describe a job that can run; the message lists every problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid options:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """The checked options, resolved: what `build_pipeline` builds and `run` reports."""
+
+    mode: str  # BATCH or STREAMING
+    input: str | None
+    input_subscription: str | None
+    input_topic: str | None
+    output: str | None
+    output_topic: str | None
+    dead_letter: str
+    dead_letter_is_topic: bool
+    model: str
+    device: str
+    autocast: str | None
+    torch_threads: int | None
+    batch_size: int
+    batch_duration_s: float
+    window_s: float
+    share_model: bool
+    model_copies: int | None
+    metrics_port: int  # 0: off
+    metrics_addr: str
+    pushgateway: str | None
+    job_name: str
+    summary_json: str | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.mode == STREAMING
+
+    def outputs(self) -> dict[str, str]:
+        """Where each output goes, for the summary."""
+        out = {"predictions": self.output, "prediction_topic": self.output_topic, "dead_letters": self.dead_letter}
+        return {k: v for k, v in out.items() if v}
+
+
+def check_options(options: PipelineOptions) -> JobConfig:
+    """Validate the combination of flags; returns the resolved JobConfig or raises OptionsError.
+
+    A Pub/Sub input turns on Beam's --streaming (a Pub/Sub read is unbounded); everything else that does not fit
+    together is an error, never silently adjusted.
+    """
+    o = options.view_as(ScoringOptions)
+    std = options.view_as(StandardOptions)
+    problems: list[str] = []
+    sources = [name for name in ("input", "input_subscription", "input_topic") if getattr(o, name)]
+    if len(sources) != 1:
+        problems.append(f"give exactly one of --input, --input_subscription, --input_topic (got {sources or 'none'})")
+    pubsub_in = bool(o.input_subscription or o.input_topic)
+    if o.input and std.streaming:
+        problems.append("--input (Parquet) is a bounded source: drop --streaming, or read Pub/Sub")
+    if pubsub_in:
+        std.streaming = True
+    streaming = bool(std.streaming)
+    if o.input_subscription and not SUBSCRIPTION.match(o.input_subscription):
+        problems.append(f"--input_subscription {o.input_subscription!r}: expected projects/<project>/subscriptions/<id>")
+    if o.input_topic and not TOPIC.match(o.input_topic):
+        problems.append(f"--input_topic {o.input_topic!r}: expected projects/<project>/topics/<id> (id of 3+ characters)")
+
+    if not (o.output or o.output_topic):
+        problems.append("give --output (Parquet prefix) and/or --output_topic")
+    if o.output and o.output.startswith("projects/"):
+        problems.append(f"--output {o.output!r} looks like a Pub/Sub path: use --output_topic")
+    if o.output_topic:
+        if not TOPIC.match(o.output_topic):
+            problems.append(f"--output_topic {o.output_topic!r}: expected projects/<project>/topics/<id>")
+        if not streaming:
+            problems.append("--output_topic needs a streaming job (a Pub/Sub input); batch jobs write --output")
+
+    dead_letter_is_topic = bool(o.dead_letter and o.dead_letter.startswith("projects/"))
+    if not o.dead_letter:
+        problems.append("--dead_letter is required (a Parquet prefix, or a topic when streaming): it is always on")
+    elif dead_letter_is_topic:
+        if not TOPIC.match(o.dead_letter):
+            problems.append(f"--dead_letter {o.dead_letter!r}: expected projects/<project>/topics/<id> or a path prefix")
+        elif not streaming:
+            problems.append("--dead_letter as a topic needs a streaming job; batch jobs write a Parquet prefix")
+
+    if not o.model:
+        problems.append("--model (checkpoint directory, local or gs://) is required")
+    if not DEVICE.match(o.device or ""):
+        problems.append(f"--device {o.device!r}: expected cpu, cuda or cuda:N")
+    if o.batch_size is None or o.batch_size < 1:
+        problems.append(f"--batch_size must be at least 1, got {o.batch_size}")
+    if not (o.batch_duration_s is not None and 0 < o.batch_duration_s <= 10):
+        problems.append(f"--batch_duration_s must be in (0, 10] seconds, got {o.batch_duration_s}")
+    if not (o.window_s is not None and o.window_s > 0):
+        problems.append(f"--window_s must be positive, got {o.window_s}")
+    if o.torch_threads is not None and o.torch_threads < 1:
+        problems.append(f"--torch_threads must be at least 1, got {o.torch_threads}")
+    if o.model_copies is not None and o.model_copies < 1:
+        problems.append(f"--model_copies must be at least 1, got {o.model_copies}")
+    port = o.metrics_port if o.metrics_port is not None else (DEFAULT_METRICS_PORT if streaming else 0)
+    if not -1 <= port <= 65535:
+        problems.append(f"--metrics_port must be a port number, or 0 / -1 for off, got {port}")
+    if o.summary_json and streaming:
+        problems.append("--summary_json is for batch jobs (a streaming job never ends)")
+    if o.pushgateway and streaming:
+        problems.append("--pushgateway is for batch jobs (a streaming job never ends): scrape the workers' "
+                        "/metrics (--metrics_port) instead")
+    if problems:
+        raise OptionsError(problems)
+    return JobConfig(
+        mode=STREAMING if streaming else BATCH,
+        input=o.input,
+        input_subscription=o.input_subscription,
+        input_topic=o.input_topic,
+        output=o.output,
+        output_topic=o.output_topic,
+        dead_letter=o.dead_letter,
+        dead_letter_is_topic=dead_letter_is_topic,
+        model=o.model,
+        device=o.device,
+        autocast=None if o.autocast == "none" else o.autocast,
+        torch_threads=o.torch_threads,
+        batch_size=o.batch_size,
+        batch_duration_s=o.batch_duration_s,
+        window_s=o.window_s,
+        share_model=bool(o.share_model or o.model_copies),
+        model_copies=o.model_copies,
+        metrics_port=max(port, 0),
+        metrics_addr=o.metrics_addr,
+        pushgateway=o.pushgateway,
+        job_name=options.view_as(GoogleCloudOptions).job_name or DEFAULT_JOB_NAME,
+        summary_json=o.summary_json,
+    )

@@ -1,0 +1,287 @@
+"""`build_pipeline(p, config, model)`: adds the scoring job's steps to a pipeline it is given.
+
+    batch:      ReadParquetChunks -> DecodeChunks ---------------------+
+    streaming:  ReadMessages      -> DecodeMessages -------------------+
+                                        | dead letters                 | ScoringBatch (numpy, ids inside)
+                                        |                     RunInference(EMMRModelHandler).with_exception_handling()
+                                        |                     /                              \\ failed batches
+                                        |           FormatPredictions                      InferenceFailures
+                                        |           /              \\ failed records          |
+                                        |   prediction v1 tables     +------------------------+
+                                        +-----------------------> Flatten -> CountDeadLetters -> dead letter v1
+    predictions -> WriteToParquetBatched (--output) and/or JSON -> WriteToPubSub (--output_topic)
+    dead letters -> WriteToParquetBatched, or JSON -> WriteToPubSub (--dead_letter as a topic)
+
+Every record leaves as exactly one prediction or one dead letter (conservation, counted by the metrics of
+beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch lives inside the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms import window
+
+from beam_pipeline import dead_letters, metrics, outputs
+from beam_pipeline.decode import Decoder, decode_chunk, decode_message_record
+from beam_pipeline.dead_letters import DeadLetter
+from beam_pipeline.elements import ParquetChunk, ScoringBatch
+from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
+from beam_pipeline.options import JobConfig, OptionsError, check_options
+from beam_pipeline.sources import ReadMessages, ReadParquetChunks
+from emmr import checkpoint
+from emmr.config import ModelConfig
+from schemas.arrow import dead_letter_schema, prediction_schema
+
+log = logging.getLogger(__name__)
+DEAD = "dead_letters"
+LOCAL_RUNNERS = {None, "", "directrunner", "direct", "switchingdirectrunner", "bundlebaseddirectrunner",
+                 "fnapirunner", "interactiverunner"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the job needs to know about the model when it is built (read from checkpoint.json)."""
+
+    path: str
+    version: str
+    config: ModelConfig
+
+    @classmethod
+    def read(cls, path: str) -> "ModelSpec":
+        meta = checkpoint.read_meta(path)
+        return cls(path=path, version=meta["model_version"], config=ModelConfig.from_dict(meta["model"]))
+
+    def decoder(self, batch_size: int) -> Decoder:
+        return Decoder(self.config.modalities, self.config.num_classes, batch_size)
+
+    def input_columns(self) -> list[str]:
+        return ["id", *self.config.modality_names, "label", "event_time"]
+
+
+def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
+    """Check the options and the model before anything runs; raises OptionsError naming every problem.
+
+    The checkpoint must be readable (its config gives the modalities to validate against). On an in-process
+    runner the device is checked here too: cuda without a GPU is an error, never a silent CPU fallback (remote
+    workers check it again when they load the model, and fail the same way).
+    """
+    config = check_options(options)
+    try:
+        spec = ModelSpec.read(config.model)
+    except checkpoint.CheckpointError as e:
+        raise OptionsError([f"--model {config.model!r}: {e}"]) from e
+    runner = options.view_as(StandardOptions).runner
+    runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
+    if (runner_name or "").lower() in LOCAL_RUNNERS:
+        from emmr.scorer import resolve_device
+
+        try:
+            resolve_device(config.device)
+        except (RuntimeError, ValueError) as e:
+            raise OptionsError([f"--device {config.device!r}: {e}"]) from e
+    return config, spec
+
+
+# --------------------------------------------------------------------------------------------- DoFns
+
+
+class _Metered(beam.DoFn):
+    """A DoFn that records metrics; streaming workers serve them on /metrics (once per process)."""
+
+    def __init__(self, metrics_port: int = 0, metrics_addr: str = "0.0.0.0"):
+        self._port, self._addr = metrics_port, metrics_addr
+
+    def setup(self):
+        self.rec = metrics.Recorder()
+        metrics.serve(self._port, self._addr)
+
+
+class DecodeChunks(_Metered):
+    """ParquetChunk -> ScoringBatches of its valid rows; invalid rows -> a dead-letter table (tagged)."""
+
+    def __init__(self, decoder: Decoder, **kw):
+        super().__init__(**kw)
+        self._decoder = decoder
+
+    def process(self, chunk: ParquetChunk):
+        self.rec.count(metrics.INPUT_RECORDS, len(chunk) if chunk.table is not None else 1)
+        batches, letters = decode_chunk(chunk, self._decoder)
+        yield from batches
+        if letters:
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table(letters))
+
+
+class DecodeMessages(_Metered):
+    """PubsubMessage -> a one-record ScoringBatch, or a one-row dead-letter table (tagged)."""
+
+    def __init__(self, decoder: Decoder, **kw):
+        super().__init__(**kw)
+        self._decoder = decoder
+
+    def process(self, message, timestamp=beam.DoFn.TimestampParam):
+        self.rec.count(metrics.INPUT_RECORDS)
+        published = message.publish_time.timestamp() if message.publish_time is not None else float(timestamp)
+        out = decode_message_record(message.data, message.attributes, message.message_id,
+                                    int(round(published * 1e6)), self._decoder)
+        if isinstance(out, DeadLetter):
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table([out]))
+        else:
+            yield out
+
+
+class FormatPredictions(_Metered):
+    """ScoredBatch -> a prediction v1 table; records the model failed on -> a dead-letter table (tagged)."""
+
+    def __init__(self, modalities, **kw):
+        super().__init__(**kw)
+        self._modalities = modalities
+
+    def process(self, scored: ScoredBatch):
+        t = outputs.prediction_table(scored)
+        self._count(scored, t)
+        if t.num_rows:
+            yield t
+        if scored.failures:
+            rows = sorted(scored.failures)
+            by_kind: dict[str, list[int]] = {}
+            for i in rows:
+                by_kind.setdefault(scored.failures[i][0], []).append(i)
+            letters = []
+            for kind, idx in by_kind.items():
+                letters += dead_letters.for_records(scored.batch, idx, kind, [scored.failures[i][1] for i in idx],
+                                                    self._modalities)
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table(letters))
+
+    def _count(self, scored: ScoredBatch, t: pa.Table) -> None:
+        n = t.num_rows
+        if not n:
+            return
+        info, keep, s = scored.model, scored.ok(), scored.scores
+        self.rec.count(metrics.RECORDS, n, outcome=metrics.PREDICTED)
+        for label, c in zip(info.label_names, np.bincount(s.label_index[keep], minlength=len(info.label_names))):
+            self.rec.count(metrics.PREDICTIONS, int(c), label=label)
+        present = scored.batch.records.present()[keep]
+        for name, c in zip(info.modality_names, (~present).sum(axis=0)):
+            self.rec.count(metrics.MISSING, int(c), modality=name)
+        key = s.key_modality[keep][s.key_missing[keep]]
+        for name, c in zip(info.modality_names, np.bincount(key, minlength=len(info.modality_names))):
+            self.rec.count(metrics.KEY_MISSING, int(c), modality=name)
+        self.rec.count(metrics.ENSEMBLE_USED, int(s.ensemble_used[keep].sum()))
+        if scored.batch.publish_time_us is not None:
+            self.rec.observe_many(metrics.END_TO_END_LATENCY, t.column("latency_s").to_numpy())
+
+
+class InferenceFailures(beam.DoFn):
+    """RunInference's exception output (batch, (type, repr, traceback)) -> dead letters for every record in it."""
+
+    def __init__(self, modalities):
+        self._modalities = modalities
+
+    def process(self, failure):
+        batch, (exc_type, exc_repr, _traceback) = failure
+        elements = batch if isinstance(batch, (list, tuple)) else [batch]
+        letters = []
+        for e in elements:
+            if isinstance(e, ScoringBatch) and len(e):
+                letters += dead_letters.for_records(e, range(len(e)), dead_letters.INFERENCE_ERROR,
+                                                    f"inference failed for its batch: {exc_repr}", self._modalities)
+        if letters:
+            yield dead_letters.table(letters)
+
+
+class CountDeadLetters(_Metered):
+    """Counts dead letters by reason as they leave (one place for every path that makes them)."""
+
+    def process(self, t: pa.Table):
+        self.rec.count(metrics.RECORDS, t.num_rows, outcome=metrics.DEAD_LETTER)
+        kinds = t.column("error_kind").value_counts()
+        for item in kinds.to_pylist():
+            self.rec.count(metrics.DEAD_LETTERS, int(item["counts"]), reason=item["values"])
+        yield t
+
+
+# --------------------------------------------------------------------------------------------- writes
+
+
+class WriteTables(beam.PTransform):
+    """Arrow tables -> Parquet files `<prefix>-SSSSS-of-NNNNN.parquet` (streaming: per fixed window)."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, window_s: float):
+        super().__init__()
+        self._prefix, self._schema, self._streaming, self._window_s = prefix, schema, streaming, window_s
+
+    def expand(self, tables):
+        if self._streaming:
+            tables = tables | "Window" >> beam.WindowInto(window.FixedWindows(self._window_s))
+        return tables | beam.io.WriteToParquetBatched(
+            self._prefix, self._schema, file_name_suffix=".parquet",
+            triggering_frequency=int(self._window_s) if self._streaming else None)
+
+
+class PublishTables(beam.PTransform):
+    """Arrow tables -> one Pub/Sub message per row, via `to_messages` (JSON with attributes)."""
+
+    def __init__(self, topic: str, to_messages):
+        super().__init__()
+        self._topic, self._to_messages = topic, to_messages
+
+    def expand(self, tables):
+        to_messages = self._to_messages
+        return (tables
+                | "ToMessages" >> beam.FlatMap(lambda t: [PubsubMessage(d, a) for d, a in to_messages(t)])
+                | "Publish" >> beam.io.WriteToPubSub(self._topic, with_attributes=True))
+
+
+# --------------------------------------------------------------------------------------------- the graph
+
+
+@dataclass
+class Outputs:
+    predictions: beam.PCollection  # of prediction v1 tables
+    dead_letters: beam.PCollection  # of dead letter v1 tables
+
+
+def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec) -> Outputs:
+    """Add the scoring job's steps to `p`; returns the prediction and dead-letter collections (for tests)."""
+    decoder = model.decoder(config.batch_size)
+    served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr}
+    modalities = model.config.modalities
+    if config.streaming:
+        decoded = (p
+                   | "Read" >> ReadMessages(config.input_subscription, config.input_topic)
+                   | "Decode" >> beam.ParDo(DecodeMessages(decoder, **served)).with_outputs(DEAD, main="records"))
+    else:
+        decoded = (p
+                   | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns())
+                   | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_outputs(DEAD, main="records"))
+    handler = EMMRModelHandler(
+        model.path, device=config.device, autocast=config.autocast, torch_threads=config.torch_threads,
+        batch_size=config.batch_size, batch_duration_s=config.batch_duration_s if config.streaming else None,
+        share_model=config.share_model, model_copies=config.model_copies)
+    scored, failed = decoded.records | "Score" >> RunInference(handler).with_exception_handling()
+    formatted = scored | "Format" >> beam.ParDo(FormatPredictions(modalities, **served)).with_outputs(DEAD, main="tables")
+    failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))
+    dead = ((decoded[DEAD], formatted[DEAD], failed_batches)
+            | "DeadLetters" >> beam.Flatten()
+            | "CountDeadLetters" >> beam.ParDo(CountDeadLetters(**served)))
+    predictions = formatted.tables
+
+    if config.output:
+        predictions | "WritePredictions" >> WriteTables(config.output, prediction_schema(), config.streaming,
+                                                        config.window_s)
+    if config.output_topic:
+        predictions | "PublishPredictions" >> PublishTables(config.output_topic, outputs.to_messages)
+    if config.dead_letter_is_topic:
+        dead | "PublishDeadLetters" >> PublishTables(config.dead_letter, dead_letters.to_messages)
+    else:
+        dead | "WriteDeadLetters" >> WriteTables(config.dead_letter, dead_letter_schema(), config.streaming,
+                                                 config.window_s)
+    return Outputs(predictions=predictions, dead_letters=dead)
