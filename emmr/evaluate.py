@@ -46,6 +46,10 @@ def run_metrics(scores: Scores, labels: np.ndarray, missing: np.ndarray, truth: 
         "ensemble_rate": float(scores.ensemble_used.mean()),
         "confusion": confusion(labels, pred, classes).tolist(),
     }
+    flagged = scores.key_missing
+    if flagged.any():  # what the ensemble branch changed: the final label against the backbone's (Eq. 8) there
+        out["accuracy_flagged"] = accuracy(labels[flagged], pred[flagged])
+        out["accuracy_flagged_backbone"] = accuracy(labels[flagged], scores.label_full[flagged])
     if truth is not None:
         single = missing.sum(axis=1) == 1  # truth is defined for one dropped modality
         k = missing.argmax(axis=1)
@@ -85,10 +89,11 @@ def aggregate(runs: list[dict]) -> dict:
     for rate in sorted({r["rate"] for r in runs}):
         group = [r for r in runs if r["rate"] == rate]
         stats = {}
-        for key, value in group[0].items():
-            if key in ("rate", "seed") or not isinstance(value, (int, float)):
+        keys = dict.fromkeys(k for g in group for k, v in g.items() if isinstance(v, (int, float)))
+        for key in keys:
+            if key in ("rate", "seed"):
                 continue
-            values = np.array([g[key] for g in group], dtype=np.float64)
+            values = np.array([g.get(key, float("nan")) for g in group], dtype=np.float64)
             ok = values[~np.isnan(values)]
             stats[key] = {"mean": float(ok.mean()) if len(ok) else float("nan"),
                           "std": float(ok.std()) if len(ok) else float("nan"), "values": values.tolist()}
