@@ -21,6 +21,7 @@ $(STAMP): requirements/dev.txt requirements/lock.txt setup.py
 venv: $(STAMP) ## create .venv with the pinned environment and the `emmr` console script
 
 test: venv ## install what the tests need, start their servers, run the whole suite
+	VENV=$(VENV) bash scripts/install-test-deps.sh
 	$(PY) -m pytest
 
 test-fast: venv ## the suite without tests marked slow

@@ -7,6 +7,8 @@ import pytest
 from emmr import synth
 from emmr.config import preset
 
+pytest_plugins = ["servers"]  # real test servers: tests/servers.py
+
 
 @pytest.fixture(scope="session")
 def small_config():
