@@ -102,6 +102,17 @@ PREDICTED, DEAD_LETTER = "predicted", "dead_letter"
 _SERIES = re.compile(r"^(?P<name>[a-z_:][a-z0-9_:]*)(\{(?P<labels>[^}]*)\})?$")
 
 
+def known_series(modality_names, label_names) -> dict[str, list[dict[str, str]]]:
+    """The labelled series a job always has (metric name -> label sets), exported at 0 before their first count
+    so that dashboards and rates see them from the start."""
+    return {
+        RECORDS.name: [{"outcome": PREDICTED}, {"outcome": DEAD_LETTER}],
+        PREDICTIONS.name: [{"label": l} for l in label_names],
+        MISSING.name: [{"modality": m} for m in modality_names],
+        KEY_MISSING.name: [{"modality": m} for m in modality_names],
+    }
+
+
 def series_name(name: str, labels: dict[str, str]) -> str:
     """`name{k=v,...}`: how a labelled series is named among Beam metrics."""
     if not labels:
@@ -152,7 +163,9 @@ def serve(port: int, addr: str = "0.0.0.0") -> int | None:
     with _prom_lock:
         if "port" in _server:
             return _server["port"]
-        from prometheus_client import start_http_server
+        from prometheus_client import disable_created_metrics, start_http_server
+
+        disable_created_metrics()  # no `_created` series beside every counter and histogram
 
         for candidate in range(port, min(port + PORT_RANGE, 65536)):
             try:
@@ -183,6 +196,15 @@ class Recorder:
         if c is None:
             c = self._beam[series] = Metrics.counter(NAMESPACE, series)
         return c
+
+    def declare(self, known: dict[str, list[dict[str, str]]]) -> None:
+        """Create the Prometheus series of `known_series` (at 0), and the unlabelled counters."""
+        for m in ALL:
+            if m.kind != COUNTER or m.batch_only:
+                continue
+            prom = _prometheus(m)  # an unlabelled counter exists at 0 once created
+            for labels in known.get(m.name, []) if m.labels else []:
+                prom.labels(**labels)
 
     def count(self, metric: MetricDef, n: int = 1, **labels: str) -> None:
         if n <= 0:
@@ -259,17 +281,21 @@ class Snapshot:
                 out += v
         return out
 
-    def by_label(self, metric: MetricDef, label: str) -> dict[str, int]:
-        out: dict[str, int] = {}
+    def by_label(self, metric: MetricDef, label: str, known: list[str] = ()) -> dict[str, int]:
+        """A labelled counter by one label; `known` values appear at 0 when never counted."""
+        out: dict[str, int] = {k: 0 for k in known}
         for series, v in self.counters.items():
             name, lab = parse_series(series)
             if name == metric.name and label in lab:
                 out[lab[label]] = out.get(lab[label], 0) + v
-        return dict(sorted(out.items()))
+        return out
 
 
-def summary_registry(snapshot: Snapshot, job_seconds: float, finished_at: float | None = None):
-    """A prometheus_client registry holding a batch run's summary (for push_to_gateway)."""
+def summary_registry(snapshot: Snapshot, job_seconds: float, known: dict[str, list[dict[str, str]]] | None = None,
+                     finished_at: float | None = None):
+    """A prometheus_client registry holding a batch run's summary (for push_to_gateway); the series of `known`
+    are pushed at 0 when the run never counted them."""
+    known = known or {}
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
@@ -278,12 +304,15 @@ def summary_registry(snapshot: Snapshot, job_seconds: float, finished_at: float 
             for m in ALL:
                 if m.kind == COUNTER:
                     fam = CounterMetricFamily(m.name, m.help, labels=list(m.labels))
+                    values: dict[tuple[str, ...], int] = {tuple(l.get(k, "") for k in m.labels): 0
+                                                          for l in known.get(m.name, [])} if m.labels else {(): 0}
                     for series, v in snapshot.counters.items():
                         name, lab = parse_series(series)
                         if name == m.name:
-                            fam.add_metric([lab.get(k, "") for k in m.labels], v)
-                    if not m.labels and not fam.samples:
-                        fam.add_metric([], 0)
+                            key = tuple(lab.get(k, "") for k in m.labels)
+                            values[key] = values.get(key, 0) + v
+                    for key, v in values.items():
+                        fam.add_metric(list(key), v)
                     yield fam
                 elif m.kind == HISTOGRAM:
                     # Beam distributions keep count and sum, not buckets: pushed as a summary without quantiles.

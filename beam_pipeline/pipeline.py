@@ -16,8 +16,6 @@ Every record leaves as exactly one prediction or one dead letter (conservation, 
 beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch lives inside the handler.
 """
 
-from __future__ import annotations
-
 import logging
 from dataclasses import dataclass
 
@@ -96,11 +94,12 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
 class _Metered(beam.DoFn):
     """A DoFn that records metrics; streaming workers serve them on /metrics (once per process)."""
 
-    def __init__(self, metrics_port: int = 0, metrics_addr: str = "0.0.0.0"):
-        self._port, self._addr = metrics_port, metrics_addr
+    def __init__(self, metrics_port: int = 0, metrics_addr: str = "0.0.0.0", known: dict | None = None):
+        self._port, self._addr, self._known = metrics_port, metrics_addr, known or {}
 
     def setup(self):
         self.rec = metrics.Recorder()
+        self.rec.declare(self._known)
         metrics.serve(self._port, self._addr)
 
 
@@ -249,10 +248,21 @@ class Outputs:
     dead_letters: beam.PCollection  # of dead letter v1 tables
 
 
-def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec) -> Outputs:
-    """Add the scoring job's steps to `p`; returns the prediction and dead-letter collections (for tests)."""
+def make_handler(config: JobConfig, model: ModelSpec) -> EMMRModelHandler:
+    return EMMRModelHandler(
+        model.path, device=config.device, autocast=config.autocast, torch_threads=config.torch_threads,
+        batch_size=config.batch_size, batch_duration_s=config.batch_duration_s if config.streaming else None,
+        share_model=config.share_model, model_copies=config.model_copies)
+
+
+def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
+                   handler: EMMRModelHandler | None = None) -> Outputs:
+    """Add the scoring job's steps to `p`; returns the prediction and dead-letter collections (for tests).
+
+    `handler` replaces the model handler made from the options (tests inject faults through it)."""
     decoder = model.decoder(config.batch_size)
-    served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr}
+    served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr,
+              "known": metrics.known_series(model.config.modality_names, model.config.label_names)}
     modalities = model.config.modalities
     if config.streaming:
         decoded = (p
@@ -262,10 +272,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec) -> Out
         decoded = (p
                    | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns())
                    | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_outputs(DEAD, main="records"))
-    handler = EMMRModelHandler(
-        model.path, device=config.device, autocast=config.autocast, torch_threads=config.torch_threads,
-        batch_size=config.batch_size, batch_duration_s=config.batch_duration_s if config.streaming else None,
-        share_model=config.share_model, model_copies=config.model_copies)
+    handler = handler or make_handler(config, model)
     scored, failed = decoded.records | "Score" >> RunInference(handler).with_exception_handling()
     formatted = scored | "Format" >> beam.ParDo(FormatPredictions(modalities, **served)).with_outputs(DEAD, main="tables")
     failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))

@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import metrics
 from beam_pipeline.options import JobConfig, OptionsError
-from beam_pipeline.pipeline import build_pipeline, prepare
+from beam_pipeline.pipeline import ModelSpec, build_pipeline, prepare
 
 log = logging.getLogger("beam_pipeline")
 
@@ -53,7 +53,9 @@ class JobSummary:
         return self.records_in == self.predictions + self.dead_letters
 
     @classmethod
-    def from_snapshot(cls, state: str, s: metrics.Snapshot, seconds: float, config: JobConfig) -> "JobSummary":
+    def from_snapshot(cls, state: str, s: metrics.Snapshot, seconds: float, config: JobConfig,
+                      model: ModelSpec) -> "JobSummary":
+        labels, modalities = model.config.label_names, model.config.modality_names
         versions = [metrics.parse_series(k)[1].get("version") for k in s.gauges
                     if metrics.parse_series(k)[0] == metrics.MODEL_INFO.name]
         return cls(
@@ -61,10 +63,10 @@ class JobSummary:
             records_in=s.total(metrics.INPUT_RECORDS),
             predictions=s.total(metrics.RECORDS, outcome=metrics.PREDICTED),
             dead_letters=s.total(metrics.RECORDS, outcome=metrics.DEAD_LETTER),
-            dead_letters_by_reason=s.by_label(metrics.DEAD_LETTERS, "reason"),
-            predictions_by_label=s.by_label(metrics.PREDICTIONS, "label"),
-            key_missing_by_modality=s.by_label(metrics.KEY_MISSING, "modality"),
-            missing_by_modality=s.by_label(metrics.MISSING, "modality"),
+            dead_letters_by_reason=dict(sorted(s.by_label(metrics.DEAD_LETTERS, "reason").items())),
+            predictions_by_label=s.by_label(metrics.PREDICTIONS, "label", labels),
+            key_missing_by_modality=s.by_label(metrics.KEY_MISSING, "modality", modalities),
+            missing_by_modality=s.by_label(metrics.MISSING, "modality", modalities),
             ensemble_used=s.total(metrics.ENSEMBLE_USED),
             model_version=versions[0] if versions else None,
             seconds=round(seconds, 3),
@@ -113,8 +115,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     state = result.wait_until_finish()
     seconds = time.time() - started
     snapshot = metrics.Snapshot.from_result(result)
-    summary = JobSummary.from_snapshot(str(state), snapshot, seconds, config)
-    log.info("job summary:\n%s", summary.text())
+    summary = JobSummary.from_snapshot(str(state), snapshot, seconds, config, model)
+    log.info("%s after %.1f s: records in %d = %d predictions + %d dead letters", state, seconds, summary.records_in,
+             summary.predictions, summary.dead_letters)
     if not summary.conserved:
         log.error("records in (%d) != predictions (%d) + dead letters (%d)", summary.records_in, summary.predictions,
                   summary.dead_letters)
@@ -122,8 +125,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         with FileSystems.create(config.summary_json) as f:
             f.write(json.dumps({**asdict(summary), "conserved": summary.conserved}, indent=2).encode())
     if config.pushgateway:
+        known = metrics.known_series(model.config.modality_names, model.config.label_names)
         try:
-            metrics.push_summary(config.pushgateway, config.job_name, metrics.summary_registry(snapshot, seconds))
+            metrics.push_summary(config.pushgateway, config.job_name, metrics.summary_registry(snapshot, seconds, known))
         except OSError as e:
             log.error("could not push the job summary to the Pushgateway %s: %s", config.pushgateway, e)
     return summary

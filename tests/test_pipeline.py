@@ -1,0 +1,453 @@
+"""The scoring job without a runner: options, decoding and validation, padding, the model handler (on a tiny
+model whose outputs are known exactly), output formatting, dead letters, metrics.
+
+Also the shared fixtures of the pipeline tests (tests/test_pipeline_*.py import them): `tiny_model` (hand-set
+weights) and `trained` (synthetic data and a model trained by the real `emmr` CLI, made once per session).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from beam_pipeline import dead_letters, metrics, outputs
+from beam_pipeline.decode import Decoder, decode_chunk, decode_message_record, event_times
+from beam_pipeline.elements import NO_TIME, ParquetChunk, ScoringBatch
+from beam_pipeline.handler import EMMRModelHandler, LoadedModel, ModelInfo, ScoredBatch, score_robustly
+from beam_pipeline.options import OptionsError, ScoringOptions, check_options
+from beam_pipeline.pipeline import ModelSpec, prepare
+from beam_pipeline.samples import bad_records
+from emmr import checkpoint
+from emmr.batch import ModalityBatch, from_arrow, modality_array
+from emmr.config import ModelConfig
+from emmr.nn.emmr import EMMR
+from emmr.scorer import Scorer, Scores
+from schemas.arrow import TIMESTAMP, input_schema, prediction_schema
+from schemas.message import encode_record
+from schemas.modality import ModalitySpec
+from schemas.validate import validate_output
+
+# ------------------------------------------------------------------------------------------- fixtures
+
+TINY = ModelConfig(
+    modalities=(ModalitySpec("a", 3, 2), ModalitySpec("b", 2, 3), ModalitySpec("c", 4, 1)),
+    label_names=("neg", "neu", "pos"), hidden=4, heads=2, ffn=8, dropout=0.0, ae_dims=(4, 3, 2), mmin_blocks=1,
+    mmin_dims=(4, 2))
+# Every weight is zero, so every head outputs its last bias (the representations are all zero):
+FULL = [0.0, 1.0, 2.0]  # Eq. 8: "pos"
+WITHOUT = {"a": [0.0, 1.0, 2.0], "b": [2.0, 0.0, 1.0], "c": [0.0, 3.0, 1.0]}  # Eq. 9: b and c are key, a is not
+ENSEMBLE = [3.0, 0.0, 0.0]  # Eq. 13's head: "neg"
+
+
+def make_tiny_model(path: str) -> str:
+    """Save EMMR(TINY) with every parameter zero except the heads' last biases; returns the model version."""
+    model = EMMR(TINY).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.heads.full[-1].bias.copy_(torch.tensor(FULL))
+        for k, m in enumerate(TINY.modality_names):
+            model.heads.without[k][-1].bias.copy_(torch.tensor(WITHOUT[m]))
+        model.ensemble.head[-1].bias.copy_(torch.tensor(ENSEMBLE))
+    return checkpoint.save(path, model, method="emmr", train_config={}, metrics={}, data_fingerprint={})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("tiny-model"))
+    make_tiny_model(path)
+    return path
+
+
+def _emmr(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "emmr.cli", *args], check=True, capture_output=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """Synthetic records (small preset, 30 % missing one modality) and a model trained on them by `emmr train`.
+
+    Made once per session even when several test modules import this fixture (it is cached on disk).
+    """
+    root = tmp_path_factory.getbasetemp() / "pipeline-trained"
+    data, model = root / "data", root / "model"
+    if not (model / "checkpoint.json").exists():
+        _emmr("synth", "--out", str(data), "--records", "300", "--seed", "1", "--preset", "small",
+              "--missing-rate", "0.3")
+        _emmr("train", "--data", str(data), "--out", str(model), "--epochs", "1", "--teacher-epochs", "1",
+              "--no-progress", "--threads", "1")
+    return {"data": str(data), "model": str(model), "files": sorted(str(p) for p in data.glob("*.parquet"))}
+
+
+def tiny_records(missing: list[tuple[str, ...]], seed: int = 0) -> pa.Table:
+    """Input v1 rows for TINY, row i missing the modalities missing[i] (random values elsewhere)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, miss in enumerate(missing):
+        row = {"id": f"r{i}", "label": i % 3, "event_time": None}
+        for m in TINY.modalities:
+            row[m.name] = None if m.name in miss else rng.normal(size=(m.max_len, m.dim)).tolist()
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=input_schema(TINY.modalities))
+
+
+def softmax(x) -> np.ndarray:
+    e = np.exp(np.asarray(x, dtype=np.float64))
+    return e / e.sum()
+
+
+def as_batch(t: pa.Table, modalities=TINY.modalities, source: str = "mem") -> ScoringBatch:
+    return ScoringBatch(records=from_arrow(t, modalities), event_time_us=event_times(t), publish_time_us=None,
+                        source=source, rows=np.arange(t.num_rows))
+
+
+# ------------------------------------------------------------------------------------------- options
+
+GOOD = ["--input", "data/*.parquet", "--output", "out/p", "--dead_letter", "out/d", "--model", "ckpt"]
+
+
+def check(*argv: str):
+    return check_options(ScoringOptions(list(argv)))
+
+
+def test_options_resolve_a_batch_job():
+    c = check(*GOOD, "--batch_size", "64")
+    assert (c.mode, c.input, c.output, c.dead_letter, c.dead_letter_is_topic, c.batch_size) == (
+        "batch", "data/*.parquet", "out/p", "out/d", False, 64)
+    assert c.metrics_port == 0 and c.device == "cpu" and c.autocast is None and c.job_name == "emmr-score"
+
+
+def test_options_pubsub_input_makes_a_streaming_job_with_a_metrics_port():
+    c = check("--input_subscription", "projects/p/subscriptions/in-sub", "--output_topic", "projects/p/topics/out",
+              "--dead_letter", "projects/p/topics/dead", "--model", "gs://b/ckpt")
+    assert c.streaming and c.dead_letter_is_topic and c.metrics_port == 9464
+    assert check("--input_topic", "projects/p/topics/input", "--output", "o", "--dead_letter", "d", "--model", "m",
+                 "--metrics_port", "-1").metrics_port == 0
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["--output", "o", "--dead_letter", "d", "--model", "m"], "exactly one of --input"),
+    (GOOD + ["--input_subscription", "projects/p/subscriptions/sss"], "exactly one of --input"),
+    (GOOD + ["--streaming"], "bounded source"),
+    (["--input", "i", "--dead_letter", "d", "--model", "m"], "--output"),
+    (GOOD + ["--output_topic", "projects/p/topics/out"], "needs a streaming job"),
+    (["--input", "i", "--output", "o", "--model", "m"], "--dead_letter is required"),
+    (["--input", "i", "--output", "o", "--model", "m", "--dead_letter", "projects/p/topics/dead"], "streaming job"),
+    (["--input", "i", "--output", "o", "--dead_letter", "d"], "--model"),
+    (GOOD + ["--device", "gpu"], "expected cpu, cuda or cuda:N"),
+    (GOOD + ["--batch_size", "0"], "--batch_size"),
+    (GOOD + ["--output_topic", "topic"], "projects/<project>/topics/<id>"),
+    (["--input_subscription", "sub", "--output", "o", "--dead_letter", "d", "--model", "m"], "subscriptions"),
+    (["--input_topic", "projects/p/topics/input", "--output", "o", "--dead_letter", "d", "--model", "m",
+      "--batch_duration_s", "0"], "--batch_duration_s"),
+    (["--input_topic", "projects/p/topics/input", "--output", "o", "--dead_letter", "d", "--model", "m",
+      "--pushgateway", "127.0.0.1:9091"], "--pushgateway is for batch jobs"),
+    (GOOD + ["--model_copies", "0"], "--model_copies"),
+])
+def test_options_reject_bad_combinations(argv, problem):
+    with pytest.raises(OptionsError) as e:
+        check(*argv)
+    assert problem in str(e.value)
+
+
+def test_options_name_every_problem_at_once():
+    with pytest.raises(OptionsError) as e:
+        check("--batch_size", "0", "--device", "tpu")
+    assert len(e.value.problems) >= 5  # input, output, dead letter, model, device, batch size
+
+
+def test_prepare_reads_the_model_and_rejects_what_cannot_run(tiny_model, tmp_path):
+    config, spec = prepare(ScoringOptions([*GOOD[:-1], tiny_model, "--runner", "DirectRunner"]))
+    assert spec.config == TINY and spec.version == checkpoint.read_meta(tiny_model)["model_version"]
+    with pytest.raises(OptionsError, match="--model .*checkpoint.json"):
+        prepare(ScoringOptions([*GOOD[:-1], str(tmp_path), "--runner", "DirectRunner"]))
+    if not torch.cuda.is_available():
+        with pytest.raises(OptionsError, match="--device 'cuda'.*no CUDA device"):
+            prepare(ScoringOptions([*GOOD[:-1], tiny_model, "--runner", "DirectRunner", "--device", "cuda"]))
+
+
+# ------------------------------------------------------------------------------------------- decoding
+
+
+def test_decode_chunk_pads_valid_rows_in_slices_and_keeps_their_rows(trained):
+    spec = ModelSpec.read(trained["model"])
+    table = pq.read_table(trained["files"][0])
+    chunk = ParquetChunk("data/part.parquet", 1000, table)
+    batches, letters = decode_chunk(chunk, spec.decoder(batch_size=64))
+    assert letters == []
+    assert [len(b) for b in batches] == [64] * (table.num_rows // 64) + ([table.num_rows % 64] if table.num_rows % 64 else [])
+    assert np.concatenate([b.ids for b in batches]).tolist() == table.column("id").to_pylist()
+    assert np.concatenate([b.rows for b in batches]).tolist() == list(range(1000, 1000 + table.num_rows))
+    assert batches[1].source_of(0) == "data/part.parquet#row=1064"
+    whole = from_arrow(table, spec.config.modalities)
+    for m in spec.config.modality_names:  # padding: (B, max_len, dim), zeros beyond each length, length 0 = missing
+        np.testing.assert_array_equal(np.concatenate([b.records.features[m] for b in batches]), whole.features[m])
+        np.testing.assert_array_equal(np.concatenate([b.records.lengths[m] for b in batches]), whole.lengths[m])
+    assert (np.concatenate([b.records.lengths[m] for b in batches for m in spec.config.modality_names]) == 0).any()
+
+
+def test_decode_chunk_sends_each_bad_record_to_a_dead_letter_with_its_reason(trained):
+    spec = ModelSpec.read(trained["model"])
+    table, expected = bad_records(spec.config.modalities, spec.config.num_classes)
+    batches, letters = decode_chunk(ParquetChunk("bad.parquet", 10, table), spec.decoder(batch_size=4))
+    # validation catches everything but "bad-huge" (finite but overflowing: the model's output tells)
+    got = {(d.id, d.error_kind) for d in letters}
+    want = {(i, k) for i, kinds in expected.items() for k in kinds if k not in (None, "non_finite_output")}
+    assert got == want
+    assert sorted(np.concatenate([b.ids for b in batches]).tolist()) == ["bad-duplicate", "bad-huge"]
+    for d in letters:
+        row = int(d.source.split("#row=")[1]) - 10
+        assert d.source.startswith("bad.parquet#row=") and table.column("id")[row].as_py() == d.id
+        assert d.id is None or repr(d.id) in d.error  # the message names the record
+        back = pa.ipc.open_stream(d.payload).read_all()  # the payload is the row, as message v1 encodes it
+        assert back.num_rows == 1 and back.column("id")[0].as_py() == d.id
+    assert len(letters) + sum(len(b) for b in batches) == table.num_rows
+
+
+def test_decode_chunk_an_unreadable_file_is_one_dead_letter():
+    batches, letters = decode_chunk(ParquetChunk("x.parquet", 0, None, "ArrowInvalid: magic bytes"),
+                                    Decoder(TINY.modalities, 3))
+    assert batches == [] and [(d.id, d.source, d.error_kind) for d in letters] == [(None, "x.parquet", "unreadable_file")]
+
+
+def test_event_times_null_and_units():
+    t = pa.table({"event_time": pa.array([1_500, None], pa.timestamp("ms"))})
+    assert event_times(t).tolist() == [1_500_000, NO_TIME]
+    assert event_times(pa.table({"id": ["a"]})).tolist() == [NO_TIME]
+
+
+def _message(t: pa.Table, i: int = 0) -> tuple[bytes, dict]:
+    return encode_record(t.slice(i, 1).to_batches()[0])
+
+
+def test_decode_message_good_record():
+    t = tiny_records([(), ("b",)])
+    data, attributes = _message(t, 1)
+    out = decode_message_record(data, attributes, "m-1", 1_000_000, Decoder(TINY.modalities, 3))
+    assert isinstance(out, ScoringBatch) and out.ids.tolist() == ["r1"]
+    assert out.publish_time_us.tolist() == [1_000_000] and out.source_of(0) == "pubsub:m-1"
+    assert out.records.lengths["b"].tolist() == [0] and out.records.lengths["a"].tolist() == [2]
+
+
+@pytest.mark.parametrize("mangle, kind", [
+    (lambda d, a: (b"not arrow", a), "corrupt_message"),
+    (lambda d, a: (d, {k: v for k, v in a.items() if k != "schema_version"}), "bad_attributes"),
+    (lambda d, a: (d, {**a, "schema_version": "2"}), "unknown_schema_version"),
+    (lambda d, a: (d, {**a, "record_id": "someone-else"}), "bad_attributes"),
+    (lambda d, a: (d + bytes(4 * 1024 * 1024), a), "oversized_message"),
+])
+def test_decode_message_bad_messages(mangle, kind):
+    t = tiny_records([()])
+    data, attributes = mangle(*_message(t))
+    out = decode_message_record(data, attributes, "m-9", 0, Decoder(TINY.modalities, 3))
+    assert isinstance(out, dead_letters.DeadLetter) and out.error_kind == kind and out.source == "pubsub:m-9"
+    assert out.payload == data and out.id in ("r0", "someone-else")
+
+
+def test_decode_message_invalid_record_names_its_id_and_field():
+    t = tiny_records([()])
+    a = t.column("a").to_pylist()
+    a[0][1][2] = math.inf
+    t = t.set_column(t.schema.get_field_index("a"), t.schema.field("a"), pa.array(a, t.schema.field("a").type))
+    out = decode_message_record(*_message(t), "m-2", 0, Decoder(TINY.modalities, 3))
+    assert (out.id, out.error_kind) == ("r0", "non_finite") and "'a'" in out.error
+
+
+# ------------------------------------------------------------------------------------------- the handler
+
+CASES = [(), ("a",), ("b",), ("b", "c"), ("a", "c")]
+
+
+def expected_tiny(miss: tuple[str, ...]) -> dict:
+    """What TINY must say about a record missing `miss` (the check and switch of Eq. 8-13, by hand)."""
+    names = TINY.modality_names
+    full = int(np.argmax(FULL))
+    flagged = [m for m in miss if int(np.argmax(WITHOUT[m])) != full]
+    conf = {m: softmax(WITHOUT[m]).max() for m in miss}
+    pick = max(flagged or miss, key=lambda m: conf[m]) if miss else None
+    key = bool(flagged)
+    return {
+        "probabilities": softmax(ENSEMBLE if key else FULL),
+        "label_index": int(np.argmax(ENSEMBLE if key else FULL)),
+        "key_missing": key,
+        "key_modality": pick if key else None,
+        "label_full": full,
+        "label_pair": int(np.argmax(WITHOUT[pick])) if miss else None,
+        "ensemble_used": key,
+        "missing": [m for m in names if m in miss],
+    }
+
+
+def test_handler_scores_a_tiny_model_exactly(tiny_model):
+    handler = EMMRModelHandler(tiny_model, batch_size=8)
+    model = handler.load_model()
+    t = tiny_records(CASES)
+    batch = as_batch(t)
+    one, two = batch.take(np.arange(2)), batch.take(np.arange(2, len(CASES)))  # two elements, one model call
+    scored = list(handler.run_inference([one, two], model))
+    assert [len(s.batch) for s in scored] == [2, 3] and all(not s.failures for s in scored)
+    table = pa.concat_tables([outputs.prediction_table(s) for s in scored])
+    assert validate_output(table, prediction_schema()).errors == []
+    rows = table.to_pylist()
+    for i, (row, miss) in enumerate(zip(rows, CASES)):
+        want = expected_tiny(miss)
+        assert row["id"] == f"r{i}"
+        np.testing.assert_allclose(row["probabilities"], want["probabilities"], rtol=1e-6)
+        assert row["label_index"] == want["label_index"] and row["label"] == TINY.label_names[want["label_index"]]
+        for k in ("key_missing", "key_modality", "label_full", "label_pair", "ensemble_used", "missing"):
+            assert row[k] == want[k], (i, k)
+        assert row["model_version"] == checkpoint.read_meta(tiny_model)["model_version"]
+    # the hand computation covers every branch: not key, key, two missing (flagged one wins, most confident)
+    assert [r["key_modality"] for r in rows] == [None, None, "b", "c", "c"]
+
+
+def test_handler_batching_and_sharing_are_configurable():
+    batch = EMMRModelHandler("m", batch_size=32)
+    assert batch.batch_elements_kwargs()["max_batch_size"] == 32 and batch.batch_elements_kwargs()["element_size_fn"](range(5)) == 5
+    stream = EMMRModelHandler("m", batch_size=16, batch_duration_s=0.25, model_copies=2)
+    assert stream.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16, "max_batch_duration_secs": 0.25}
+    assert stream.share_model_across_processes() and stream.model_copies() == 2
+    assert not batch.share_model_across_processes()
+
+
+class PoisonedModel(LoadedModel):
+    """The real loaded model, made to raise on any batch that holds a record with a poisoned id."""
+
+    def score(self, records: ModalityBatch) -> Scores:
+        if any(str(i).startswith("poison") for i in records.ids):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+        return super().score(records)
+
+
+def test_a_failing_record_does_not_fail_its_neighbours(tiny_model):
+    scorer = Scorer.load(tiny_model)
+    t = tiny_records(CASES * 4)
+    ids = [f"r{i}" for i in range(t.num_rows)]
+    ids[7] = "poison-7"
+    t = t.set_column(0, t.schema.field("id"), pa.array(ids))
+    records = from_arrow(t, TINY.modalities)
+    outcome = score_robustly(PoisonedModel(scorer, "cpu"), records, 3)
+    assert outcome.failures.keys() == {7} and outcome.failures[7][0] == "inference_error"
+    clean = scorer.score(records)
+    keep = np.arange(len(ids)) != 7
+    np.testing.assert_allclose(outcome.scores.probabilities[keep], clean.probabilities[keep], rtol=1e-6)
+    np.testing.assert_array_equal(outcome.scores.label_index[keep], clean.label_index[keep])
+
+
+def test_non_finite_outputs_become_failures(tiny_model):
+    scorer = Scorer.load(tiny_model)
+
+    class Overflowing(LoadedModel):
+        def score(self, records):
+            s = super().score(records)
+            s.probabilities[1] = np.nan
+            return s
+
+    outcome = score_robustly(Overflowing(scorer, "cpu"), from_arrow(tiny_records(CASES), TINY.modalities), 3)
+    assert outcome.failures == {1: ("non_finite_output", "the model returned non-finite probabilities")}
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+INFO = ModelInfo("v123", "cpu", "cpu", 0.5, ("neg", "neu", "pos"), ("a", "b", "c"))
+
+
+def scored_by_hand(publish: bool = False) -> ScoredBatch:
+    t = tiny_records([(), ("a", "c"), ("b",)])
+    t = t.set_column(t.schema.get_field_index("event_time"), t.schema.field("event_time"),
+                     pa.array([None, 1_000_000, 2_000_000], pa.int64()).cast(TIMESTAMP))
+    b = as_batch(t)
+    if publish:
+        b.publish_time_us = np.array([9_000_000, 9_500_000, 9_750_000])
+    scores = Scores(probabilities=np.array([[.7, .2, .1], [.1, .1, .8], [.3, .3, .4]], np.float32),
+                    label_index=np.array([0, 2, 2]), key_missing=np.array([False, True, False]),
+                    key_modality=np.array([-1, 2, -1]), label_full=np.array([0, 0, 2]),
+                    label_pair=np.array([-1, 1, 2]), ensemble_used=np.array([False, True, False]))
+    return ScoredBatch(b, scores, {2: ("non_finite_output", "x")}, INFO, scored_at_us=10_000_000)
+
+
+def test_prediction_table_formats_prediction_v1_exactly():
+    t = outputs.prediction_table(scored_by_hand(publish=True))
+    assert validate_output(t, prediction_schema()).errors == [] and t.schema.metadata == prediction_schema().metadata
+    rows = t.to_pylist()
+    assert [r["id"] for r in rows] == ["r0", "r1"]  # the failed record is not a prediction
+    r0, r1 = rows
+    assert (r0["label"], r0["label_index"], r0["missing"], r0["key_missing"], r0["key_modality"], r0["label_pair"]) == (
+        "neg", 0, [], False, None, None)
+    assert (r1["label"], r1["missing"], r1["key_missing"], r1["key_modality"], r1["label_full"], r1["label_pair"],
+            r1["ensemble_used"]) == ("pos", ["a", "c"], True, "c", 0, 1, True)
+    np.testing.assert_allclose(r1["probabilities"], [.1, .1, .8], rtol=1e-6)
+    assert r0["event_time"] is None and r1["event_time"].timestamp() == 1.0 and r1["scored_at"].timestamp() == 10.0
+    assert (r0["latency_s"], r1["latency_s"]) == (1.0, 0.5) and r0["model_version"] == "v123"
+    assert outputs.prediction_table(scored_by_hand()).column("latency_s").null_count == 2  # batch: no latency
+
+
+def test_prediction_messages_are_json_with_attributes():
+    [(data, attributes), _] = outputs.to_messages(outputs.prediction_table(scored_by_hand(publish=True)))
+    body = json.loads(data)
+    assert attributes == {"schema": "prediction", "schema_version": "1", "record_id": "r0",
+                          "content_type": "application/json"}
+    assert set(body) == set(prediction_schema().names) and body["id"] == "r0" and body["latency_s"] == 1.0
+    assert body["scored_at"] == "1970-01-01T00:00:10+00:00"
+
+
+def test_dead_letters_table_and_messages():
+    scored = scored_by_hand()
+    letters = dead_letters.for_records(scored.batch, [2], "non_finite_output", "the model returned NaN", TINY.modalities)
+    t = dead_letters.table(letters + [dead_letters.DeadLetter(None, "pubsub:7", "corrupt_message", "bad", b"x" * 70_000, 5)])
+    assert validate_output(t, dead_letters.SCHEMA).errors == []
+    rows = t.to_pylist()
+    assert (rows[0]["id"], rows[0]["source"], rows[0]["error_kind"]) == ("r2", "mem#row=2", "non_finite_output")
+    assert rows[0]["pipeline_version"].startswith("emmr-score/") and len(rows[1]["payload"]) == 64 * 1024
+    back = pa.ipc.open_stream(rows[0]["payload"]).read_all()  # rebuilt from the padded arrays
+    assert back.column("id").to_pylist() == ["r2"] and back.column("b").to_pylist() == [None]
+    assert back.column("a").to_pylist() == pa.table({"a": modality_array(
+        scored.batch.records.features["a"][2:3], scored.batch.records.lengths["a"][2:3], TINY.modalities[0])}).column("a").to_pylist()
+    (data, attributes), (data2, attributes2) = dead_letters.to_messages(t)
+    assert attributes["error_kind"] == "non_finite_output" and attributes["record_id"] == "r2"
+    assert "record_id" not in attributes2 and base64.b64decode(json.loads(data2)["payload"]) == b"x" * 64 * 1024
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def test_metric_names_follow_prometheus_conventions():
+    names = [m.name for m in metrics.ALL]
+    assert len(set(names)) == len(names) and all(n.startswith("emmr_") for n in names)
+    for m in metrics.ALL:
+        assert (m.kind == metrics.COUNTER) == m.name.endswith("_total"), m.name
+        assert "id" not in m.labels and m.help
+    assert metrics.INFERENCE_LATENCY.beam_name == "emmr_inference_latency_microseconds"
+    series = metrics.series_name("emmr_records_total", {"outcome": "predicted"})
+    assert series == "emmr_records_total{outcome=predicted}" and metrics.parse_series(series) == (
+        "emmr_records_total", {"outcome": "predicted"})
+
+
+def test_summary_registry_exposes_the_batch_summary():
+    from prometheus_client import generate_latest
+
+    snap = metrics.Snapshot(
+        counters={"emmr_input_records_total": 10, "emmr_records_total{outcome=predicted}": 7,
+                  "emmr_records_total{outcome=dead_letter}": 3, "emmr_dead_letters_total{reason=too_long}": 3},
+        distributions={"emmr_inference_latency_microseconds": (2, 1_500_000)},
+        gauges={"emmr_model_info{version=v1,device=cpu,requested_device=cpu}": 1, "emmr_model_load_microseconds": 250_000})
+    text = generate_latest(metrics.summary_registry(snap, 12.5, metrics.known_series(["a"], ["neg", "pos"]),
+                                                    finished_at=100.0)).decode()
+    for line in ['emmr_input_records_total 10.0', 'emmr_records_total{outcome="predicted"} 7.0',
+                 'emmr_dead_letters_total{reason="too_long"} 3.0', 'emmr_predictions_total{label="neg"} 0.0',
+                 'emmr_key_missing_total{modality="a"} 0.0', 'emmr_inference_latency_seconds_count 2.0',
+                 'emmr_inference_latency_seconds_sum 1.5', 'emmr_model_load_seconds 0.25',
+                 'emmr_model_info{device="cpu",requested_device="cpu",version="v1"} 1.0',
+                 'emmr_job_duration_seconds 12.5', 'emmr_job_last_success_timestamp_seconds 100.0']:
+        assert line in text, line
+    assert snap.total(metrics.RECORDS) == 10 and snap.by_label(metrics.DEAD_LETTERS, "reason") == {"too_long": 3}
