@@ -14,10 +14,8 @@ import pyarrow as pa
 
 from emmr.batch import ModalityBatch
 from emmr.metrics import accuracy, confusion, macro_f1, precision_recall
-from emmr.missing import seeded_rng, simulate_missing
+from emmr.missing import DEFAULT_RATES, seeded_rng, simulate_missing
 from emmr.scorer import Scorer, Scores
-
-DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def key_truth(table: pa.Table, names: tuple[str, ...]) -> np.ndarray | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # the paper's protocol
+
 
 def simulate_missing(present: np.ndarray, rate: float, rng: np.random.Generator, probs: np.ndarray | None = None) -> np.ndarray:
     """present (N, M) bool -> the *additional* drops (N, M) bool (at most one per record)."""

@@ -11,15 +11,9 @@ import argparse
 import logging
 import os
 
-import torch
-
-from emmr.batch import load_records
 from emmr.commands.options import add_protocol_arguments, parse_rates
-from emmr.compare import compare
 from emmr.config import PRESETS
 from emmr.methods import METHODS
-from emmr.report import write_all
-from emmr.settings import resolve
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from emmr.batch import load_records
+    from emmr.compare import compare
+    from emmr.report import write_all
+    from emmr.settings import resolve
+
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -11,11 +11,7 @@ import argparse
 import logging
 import os
 
-from emmr.batch import load_records
 from emmr.commands.options import add_protocol_arguments, parse_rates
-from emmr.evaluate import evaluate
-from emmr.report import write_all
-from emmr.scorer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from emmr.batch import load_records
+    from emmr.evaluate import evaluate
+    from emmr.report import write_all
+    from emmr.scorer import Scorer
+
     scorer = Scorer.load(args.checkpoint, args.device)
     batch, table = load_records(args.data, scorer.config.modalities, scorer.config.num_classes)
     rates = parse_rates(args.missing_rates)

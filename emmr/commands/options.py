@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from emmr.evaluate import DEFAULT_RATES
+from emmr.missing import DEFAULT_RATES
 
 
 def add_protocol_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,15 +12,8 @@ import json
 import logging
 import sys
 
-import torch
-
-from emmr import checkpoint
-from emmr.batch import load_records
 from emmr.config import PRESETS
-from emmr.fingerprint import fingerprint
 from emmr.methods import METHODS
-from emmr.settings import resolve
-from emmr.train import split_validation, train_emmr
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # heavy imports here, so that `emmr --help` and the other commands start fast
+
+    from emmr import checkpoint
+    from emmr.batch import load_records
+    from emmr.fingerprint import fingerprint
+    from emmr.settings import resolve
+    from emmr.train import split_validation, train_emmr
+
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "batch_size": args.batch_size,
