@@ -64,6 +64,8 @@ def decode_message(data: bytes, attributes: dict[str, str] | None, max_bytes: in
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(data))
         batches = list(reader)
+        for b in batches:  # IPC reading trusts offsets and UTF-8; a corrupt payload must not reach the decoders
+            b.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowException, OSError) as e:
         raise MessageError(CORRUPT_MESSAGE, f"record {record_id!r}: not an Arrow IPC stream ({e})") from None
     rows = sum(b.num_rows for b in batches)

@@ -141,8 +141,10 @@ def _check_modality(col: pa.Array | None, m: ModalitySpec, errors: _Errors, leng
         if inner_type.list_size != m.dim:
             errors.add(lengths > 0, m.name, WRONG_DIMENSION, f"frames have {inner_type.list_size} values, expected {m.dim}")
             return
-        values = frames.flatten().to_numpy(zero_copy_only=False)
+        # every frame, null or not, has m.dim slots in the child array (flatten() would skip the null ones)
+        values = frames.values.slice(frames.offset * m.dim, len(frames) * m.dim).to_numpy(zero_copy_only=False)
         per_frame_finite = np.isfinite(values.reshape(-1, m.dim)).all(axis=1) if len(values) else np.ones(0, bool)
+        per_frame_finite |= frames.is_null().to_numpy(zero_copy_only=False)  # reported as null_frame
     else:
         frame_len = frames.value_lengths().fill_null(m.dim).to_numpy(zero_copy_only=False)
         wrong = np.zeros(n, dtype=bool)
@@ -150,9 +152,10 @@ def _check_modality(col: pa.Array | None, m: ModalitySpec, errors: _Errors, leng
         if wrong.any():
             got = sorted({int(x) for x in frame_len[frame_len != m.dim]})
             errors.add(wrong, m.name, WRONG_DIMENSION, f"frames have {got} values, expected {m.dim}")
-        values = frames.flatten().to_numpy(zero_copy_only=False)
+        values = frames.flatten().to_numpy(zero_copy_only=False)  # null frames contribute no values
         finite_value = np.isfinite(values.astype(np.float64, copy=False))
-        value_frame = np.repeat(np.arange(len(frame_len)), frame_len)
+        actual = frames.value_lengths().fill_null(0).to_numpy(zero_copy_only=False)
+        value_frame = np.repeat(np.arange(len(frame_len)), actual)
         per_frame_finite = np.bincount(value_frame[~finite_value], minlength=len(frame_len)) == 0
     if not per_frame_finite.all():
         bad = np.zeros(n, dtype=bool)
