@@ -146,6 +146,7 @@ def test_every_file_the_image_copies_exists_and_passes_the_dockerignore():
     assert f"COPY deploy/flex_main.py ./{Path(py_file).name}" in text and py_file.startswith("/template/")
 
 
+@pytest.mark.slow  # imports the whole job (torch, Beam) in a subprocess
 def test_flex_template_entry_point_runs_the_job_options_check():
     out = subprocess.run([sys.executable, str(DEPLOY / "flex_main.py"), "--runner=DirectRunner"], capture_output=True,
                          text=True, timeout=120, cwd=ROOT)
