@@ -1,6 +1,6 @@
 """`build_pipeline(p, config, model)`: adds the scoring job's steps to a pipeline it is given.
 
-    batch:      ReadParquetChunks -> DecodeChunks ---------------------+
+    batch:      ReadParquetChunks -> DecodeChunks -> Reshuffle --------+
     streaming:  ReadMessages      -> DecodeMessages -------------------+
                                         | dead letters                 | ScoringBatch (numpy, ids inside)
                                         |                     RunInference(EMMRModelHandler).with_exception_handling()
@@ -272,8 +272,13 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
         decoded = (p
                    | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns())
                    | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_outputs(DEAD, main="records"))
+    records = decoded.records
+    if not config.streaming:
+        # A row group is read and decoded by one worker; redistribute its record batches so that a file of few,
+        # large row groups still spreads over every worker's model (a fusion break; numpy pickles cheaply).
+        records = records | "Spread" >> beam.Reshuffle()
     handler = handler or make_handler(config, model)
-    scored, failed = decoded.records | "Score" >> RunInference(handler).with_exception_handling()
+    scored, failed = records | "Score" >> RunInference(handler).with_exception_handling()
     formatted = scored | "Format" >> beam.ParDo(FormatPredictions(modalities, **served)).with_outputs(DEAD, main="tables")
     failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))
     dead = ((decoded[DEAD], formatted[DEAD], failed_batches)

@@ -83,8 +83,8 @@ class JobSummary:
             f"scored          {self.predictions}  (by label: {fmt(self.predictions_by_label)}; ensemble decided "
             f"{self.ensemble_used})",
             f"dead letters    {self.dead_letters}  (by reason: {fmt(self.dead_letters_by_reason)})",
-            f"missing         {fmt(self.missing_by_modality)}",
-            f"key missing     {fmt(self.key_missing_by_modality)}",
+            f"missing         {fmt(self.missing_by_modality)}  (scored records missing each modality)",
+            f"key missing     {fmt(self.key_missing_by_modality)}  (flagged: the missing modality flips the label)",
             f"model           {self.model_version}",
             f"run time        {self.seconds:.1f} s ({self.state})",
         ]
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point. Batch: prints the summary; exit status 0 when the job succeeded and its counts add
     up, 1 otherwise. Streaming: runs until cancelled. Bad options or model: 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # the job's own progress is logged at INFO
     try:
         out = run(argv)
     except OptionsError as e:
