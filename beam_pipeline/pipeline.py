@@ -67,7 +67,8 @@ class ModelSpec:
 def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
     """Check the options and the model before anything runs; raises OptionsError naming every problem.
 
-    The checkpoint must be readable (its config gives the modalities to validate against). On an in-process
+    The checkpoint must be readable (its config gives the modalities to validate against) and a Parquet glob must
+    match at least one file. On an in-process
     runner the device is checked here too: cuda without a GPU is an error, never a silent CPU fallback (remote
     workers check it again when they load the model, and fail the same way).
     """
@@ -76,6 +77,15 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
         spec = ModelSpec.read(config.model)
     except checkpoint.CheckpointError as e:
         raise OptionsError([f"--model {config.model!r}: {e}"]) from e
+    if config.input:
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            matched = FileSystems.match([config.input])[0].metadata_list
+        except Exception as e:  # noqa: BLE001 - an unreachable filesystem is a problem with --input
+            raise OptionsError([f"--input {config.input!r}: {e}"]) from e
+        if not matched:
+            raise OptionsError([f"--input {config.input!r}: no file matches"])
     runner = options.view_as(StandardOptions).runner
     runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
     if (runner_name or "").lower() in LOCAL_RUNNERS:

@@ -25,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_pipeline import metrics
-from beam_pipeline.options import JobConfig, OptionsError
+from beam_pipeline.options import JobConfig, OptionsError, ScoringOptions
 from beam_pipeline.pipeline import ModelSpec, build_pipeline, prepare
 
 log = logging.getLogger("beam_pipeline")
@@ -133,9 +133,24 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     return summary
 
 
+def help_text() -> str:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="emmr-score", description="Score input v1 records with an EMMR checkpoint, as an Apache Beam job. Beam's "
+        "own options (--runner, --job_name, --streaming, Dataflow's --project/--region/...) are accepted too.",
+        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ScoringOptions._add_argparse_args(parser)
+    return parser.format_help()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Batch: prints the summary; exit status 0 when the job succeeded and its counts add
     up, 1 otherwise. Streaming: runs until cancelled. Bad options or model: 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # the job's own progress is logged at INFO
     try:
