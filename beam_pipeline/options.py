@@ -42,7 +42,7 @@ class ScoringOptions(PipelineOptions):
         g.add_argument("--batch_duration_s", type=float, default=0.5,
                        help="streaming: longest wait to fill a batch, seconds, at most 10 (default 0.5)")
         g.add_argument("--window_s", type=float, default=60.0,
-                       help="streaming file outputs: one set of files per fixed window of this many seconds (default 60)")
+                       help="streaming Parquet outputs: each worker writes a file every this many seconds (default 60)")
         g.add_argument("--share_model", action="store_true",
                        help="one model per machine shared by its worker processes (large models; see --model_copies)")
         g.add_argument("--model_copies", type=int, default=None,

@@ -11,6 +11,7 @@
                                         +-----------------------> Flatten -> CountDeadLetters -> dead letter v1
     predictions -> WriteToParquetBatched (--output) and/or JSON -> WriteToPubSub (--output_topic)
     dead letters -> WriteToParquetBatched, or JSON -> WriteToPubSub (--dead_letter as a topic)
+    (streaming Parquet: one file per worker every --window_s seconds, see WriteTables)
 
 Every record leaves as exactly one prediction or one dead letter (conservation, counted by the metrics of
 beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch lives inside the handler.
@@ -25,7 +26,7 @@ import pyarrow as pa
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.transforms import window
+from apache_beam.transforms import trigger, util, window
 
 from beam_pipeline import dead_letters, metrics, outputs
 from beam_pipeline.decode import Decoder, decode_chunk, decode_message_record
@@ -221,18 +222,52 @@ class CountDeadLetters(_Metered):
 
 
 class WriteTables(beam.PTransform):
-    """Arrow tables -> Parquet files `<prefix>-SSSSS-of-NNNNN.parquet` (streaming: per fixed window)."""
+    """Arrow tables -> Parquet. Batch: WriteToParquetBatched, files `<prefix>-SSSSS-of-NNNNN.parquet`.
 
-    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, window_s: float):
+    Streaming: every `every_s` seconds (whole seconds, at least 1; processing time, in the global window, so nothing is ever late or dropped)
+    each worker process writes what it has as one file `<prefix>-<UTC time>-<8 hex>.parquet`, atomically (written
+    under a temporary name, then renamed). Beam 2.77's windowed WriteToParquetBatched is not used: it can rename a
+    file whose writer failed to close, leaving a file without its footer.
+    """
+
+    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, every_s: float):
         super().__init__()
-        self._prefix, self._schema, self._streaming, self._window_s = prefix, schema, streaming, window_s
+        self._prefix, self._schema, self._streaming, self._every_s = prefix, schema, streaming, every_s
 
     def expand(self, tables):
-        if self._streaming:
-            tables = tables | "Window" >> beam.WindowInto(window.FixedWindows(self._window_s))
-        return tables | beam.io.WriteToParquetBatched(
-            self._prefix, self._schema, file_name_suffix=".parquet",
-            triggering_frequency=int(self._window_s) if self._streaming else None)
+        if not self._streaming:
+            return tables | beam.io.WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
+        return (tables
+                | "Every" >> beam.WindowInto(window.GlobalWindows(),
+                                             trigger=trigger.Repeatedly(trigger.AfterProcessingTime(max(1, round(self._every_s)))),
+                                             accumulation_mode=trigger.AccumulationMode.DISCARDING)
+                | "KeyByWorker" >> beam.ParDo(util.WithSharedKey())
+                | "Gather" >> beam.GroupByKey()
+                | "WriteFile" >> beam.ParDo(_WriteParquetFile(self._prefix, self._schema)))
+
+
+class _WriteParquetFile(beam.DoFn):
+    def __init__(self, prefix: str, schema: pa.Schema):
+        self._prefix, self._schema = prefix, schema
+
+    def process(self, keyed):
+        import uuid
+        from datetime import datetime, timezone
+
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        tables = [t for t in keyed[1] if t.num_rows]
+        if not tables:
+            return
+        table = pa.concat_tables(tables).replace_schema_metadata(self._schema.metadata)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        final = f"{self._prefix}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        temp = FileSystems.join(FileSystems.split(final)[0], ".tmp-" + FileSystems.split(final)[1])
+        with FileSystems.create(temp) as f:
+            pq.write_table(table, f)
+        FileSystems.rename([temp], [final])
+        yield final
 
 
 class PublishTables(beam.PTransform):

@@ -165,3 +165,16 @@ def test_an_exception_out_of_inference_dead_letters_its_whole_batch_and_nothing_
         counts = ((out.predictions, out.dead_letters)
                   | beam.Flatten() | beam.Map(lambda t: t.num_rows) | beam.CombineGlobally(sum))
         assert_that(counts, equal_to([inputs["records"]]), label="Conservation")
+
+
+def test_a_model_shared_across_processes_scores_the_same(inputs, tmp_path):
+    """--share_model: one model per machine behind Beam's MultiProcessShared proxy (large models on GPUs)."""
+    shared = run(job_argv(inputs, tmp_path / "shared", "--share_model", "--model_copies", "1"))
+    alone = run(job_argv(inputs, tmp_path / "alone"))
+    assert shared.conserved and (shared.predictions, shared.dead_letters_by_reason) == (
+        alone.predictions, alone.dead_letters_by_reason)
+    a, b = (pq.read_table(glob.glob(f"{tmp_path}/{d}/predictions/part-*.parquet")).sort_by("id")
+            for d in ("shared", "alone"))
+    assert a.column("id").equals(b.column("id")) and a.column("label_index").equals(b.column("label_index"))
+    np.testing.assert_allclose(np.stack(a.column("probabilities").to_pylist()),
+                               np.stack(b.column("probabilities").to_pylist()), rtol=1e-5, atol=1e-7)

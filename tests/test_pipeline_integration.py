@@ -90,7 +90,8 @@ def test_streaming_from_pubsub_every_message_comes_back(pubsub_emulator, prometh
     proc = subprocess.Popen(
         [sys.executable, "-m", "beam_pipeline.run", RUNNER, "--streaming", "--input_subscription", s_in,
          "--output_topic", em.topic_path(t_out), "--dead_letter", em.topic_path(t_dead), "--model", trained["model"],
-         "--batch_size", "32", "--batch_duration_s", "0.5", "--metrics_port", str(port), "--metrics_addr", "127.0.0.1"],
+         "--batch_size", "32", "--batch_duration_s", "0.5", "--metrics_port", str(port), "--metrics_addr", "127.0.0.1",
+         "--output", str(tmp_path / "files" / "predictions"), "--window_s", "2"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         job = _name("emmr-streaming")
@@ -131,6 +132,16 @@ def test_streaming_from_pubsub_every_message_comes_back(pubsub_emulator, prometh
         kinds = query(prometheus.url, f'emmr_dead_letters_total{{job="{job}"}}', timeout=30)
         assert {k["metric"]["reason"]: float(k["value"][1]) for k in kinds} == {
             kind: float(sum(1 for *_, k in malformed if k == kind)) for *_, kind in malformed}
+        # ... and to windowed Parquet files beside the topic (a window's files appear once the window closes)
+        files, deadline = [], time.monotonic() + 60
+        while not files and time.monotonic() < deadline:
+            files = [f for f in (tmp_path / "files").glob("predictions-*.parquet")]
+            time.sleep(0.5)
+        assert files, "no windowed prediction files"
+        in_files = pq.read_table(files)
+        assert 0 < in_files.num_rows <= len(rows) and set(in_files.column("id").to_pylist()) <= set(scored_ids)
+        assert in_files.schema.metadata == prediction_schema().metadata
+
         latencies = query(prometheus.url, f'emmr_end_to_end_latency_seconds_count{{job="{job}"}}', timeout=30)
         assert float(latencies[0]["value"][1]) == len(rows)
     finally:
