@@ -70,7 +70,7 @@ PARAMETERS: dict[str, Param] = {
     "torch_threads": Param("Torch CPU threads per worker process", (POSITIVE_INT,)),
     "batch_size": Param("Maximum records per inference batch", (POSITIVE_INT,)),
     "batch_duration_s": Param("Longest wait to fill a batch, seconds (streaming)", (POSITIVE_NUMBER,)),
-    "window_s": Param("File output window, seconds (streaming)", (POSITIVE_NUMBER,)),
+    "window_s": Param("Parquet file interval per worker, seconds (streaming)", (POSITIVE_NUMBER,)),
     "model_copies": Param("Shared model copies per worker VM", (POSITIVE_INT,)),
     "metrics_port": Param("First /metrics port of the worker processes", (r"^(-1|0|[1-9][0-9]{0,4})$",)),
     "metrics_addr": Param("Bind address of /metrics", (r"^[A-Za-z0-9.:\-\[\]]+$",)),
