@@ -12,7 +12,7 @@ scores (deploy/launch.sh batch with INPUT=...) or `emmr publish` sends to the st
 
 What cannot be replayed is reported, not dropped silently: dead letters without a payload (unreadable_file:
 fix or re-export the file named in `source` and re-run on it), and payloads that do not decode (truncated at
-64 KiB, schemas/arrow.MAX_PAYLOAD_BYTES, or corrupt as received: go back to `source`, file#row=N). Exit
+4 MiB, schemas/arrow.MAX_PAYLOAD_BYTES, or corrupt as received: go back to `source`, file#row=N). Exit
 status: 0 when every selected dead letter was written, 1 when some were not, 2 for bad arguments or no input.
 """
 

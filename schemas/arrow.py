@@ -84,7 +84,9 @@ def dead_letter_schema() -> pa.Schema:
     )
 
 
-MAX_PAYLOAD_BYTES = 64 * 1024
+# A dead letter keeps its whole record up to the message limit (a paper-size record is about 380 kB), so it
+# can be replayed; larger payloads are cut there.
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 
 def schema_name_version(schema: pa.Schema) -> tuple[str | None, str | None]:
