@@ -492,7 +492,6 @@ def test_dead_letters_replay_to_the_records_they_came_from(synth_dir, tmp_path):
     import pyarrow.parquet as pq
 
     from beam_pipeline import dead_letters as dl
-    from schemas.arrow import MAX_PAYLOAD_BYTES
 
     records = pq.read_table(next(Path(synth_dir).glob("*.parquet")))
     records = records.select([c for c in records.schema.names if not c.startswith(("evidence_", "key_")) and c != "dropped"])
@@ -500,7 +499,7 @@ def test_dead_letters_replay_to_the_records_they_came_from(synth_dir, tmp_path):
                              dl.ipc_bytes(records.slice(i, 1)), 0) for i in range(3)]
     letters.append(dl.DeadLetter(None, "bad.parquet", dl.UNREADABLE_FILE, "cannot be read", None, 0))
     letters.append(dl.DeadLetter("big", "in.parquet#row=9", "inference_error", "boom",
-                                 dl.ipc_bytes(records.slice(3, 1))[: MAX_PAYLOAD_BYTES // 1000], 0))
+                                 dl.ipc_bytes(records.slice(3, 1))[:200], 0))  # a payload cut short
     pq.write_table(dl.table(letters), tmp_path / "dead-00000-of-00001.parquet")
 
     out = tmp_path / "replay.parquet"
