@@ -69,9 +69,9 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
     """Check the options and the model before anything runs; raises OptionsError naming every problem.
 
     The checkpoint must be readable (its config gives the modalities to validate against) and a Parquet glob must
-    match at least one file. On an in-process
-    runner the device is checked here too: cuda without a GPU is an error, never a silent CPU fallback (remote
-    workers check it again when they load the model, and fail the same way).
+    match at least one file. On an in-process runner the device is checked here too: cuda without a GPU is an
+    error, never a silent CPU fallback (remote workers check it again when they load the model, and fail the
+    same way).
     """
     config = check_options(options)
     try:

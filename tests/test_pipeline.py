@@ -32,7 +32,7 @@ from emmr.batch import ModalityBatch, from_arrow, modality_array
 from emmr.config import ModelConfig
 from emmr.nn.emmr import EMMR
 from emmr.scorer import Scorer, Scores
-from schemas.arrow import TIMESTAMP, input_schema, prediction_schema
+from schemas.arrow import MAX_PAYLOAD_BYTES, TIMESTAMP, input_schema, prediction_schema
 from schemas.message import encode_record
 from schemas.modality import ModalitySpec
 from schemas.validate import validate_output
@@ -167,13 +167,17 @@ def test_options_name_every_problem_at_once():
 
 
 def test_prepare_reads_the_model_and_rejects_what_cannot_run(tiny_model, tmp_path):
-    config, spec = prepare(ScoringOptions([*GOOD[:-1], tiny_model, "--runner", "DirectRunner"]))
+    pq.write_table(tiny_records([()]), tmp_path / "part-0.parquet")
+    job = ["--input", str(tmp_path / "*.parquet"), "--output", "o", "--dead_letter", "d", "--runner", "DirectRunner"]
+    config, spec = prepare(ScoringOptions([*job, "--model", tiny_model]))
     assert spec.config == TINY and spec.version == checkpoint.read_meta(tiny_model)["model_version"]
     with pytest.raises(OptionsError, match="--model .*checkpoint.json"):
-        prepare(ScoringOptions([*GOOD[:-1], str(tmp_path), "--runner", "DirectRunner"]))
+        prepare(ScoringOptions([*job, "--model", str(tmp_path)]))
+    with pytest.raises(OptionsError, match="--input .*no file matches"):
+        prepare(ScoringOptions([*job, "--model", tiny_model, "--input", str(tmp_path / "*.csv")]))
     if not torch.cuda.is_available():
         with pytest.raises(OptionsError, match="--device 'cuda'.*no CUDA device"):
-            prepare(ScoringOptions([*GOOD[:-1], tiny_model, "--runner", "DirectRunner", "--device", "cuda"]))
+            prepare(ScoringOptions([*job, "--model", tiny_model, "--device", "cuda"]))
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -404,18 +408,18 @@ def test_prediction_messages_are_json_with_attributes():
 def test_dead_letters_table_and_messages():
     scored = scored_by_hand()
     letters = dead_letters.for_records(scored.batch, [2], "non_finite_output", "the model returned NaN", TINY.modalities)
-    t = dead_letters.table(letters + [dead_letters.DeadLetter(None, "pubsub:7", "corrupt_message", "bad", b"x" * 70_000, 5)])
+    t = dead_letters.table(letters + [dead_letters.DeadLetter(None, "pubsub:7", "corrupt_message", "bad", b"x" * (MAX_PAYLOAD_BYTES + 9), 5)])
     assert validate_output(t, dead_letters.SCHEMA).errors == []
     rows = t.to_pylist()
     assert (rows[0]["id"], rows[0]["source"], rows[0]["error_kind"]) == ("r2", "mem#row=2", "non_finite_output")
-    assert rows[0]["pipeline_version"].startswith("emmr-score/") and len(rows[1]["payload"]) == 64 * 1024
+    assert rows[0]["pipeline_version"].startswith("emmr-score/") and len(rows[1]["payload"]) == MAX_PAYLOAD_BYTES
     back = pa.ipc.open_stream(rows[0]["payload"]).read_all()  # rebuilt from the padded arrays
     assert back.column("id").to_pylist() == ["r2"] and back.column("b").to_pylist() == [None]
     assert back.column("a").to_pylist() == pa.table({"a": modality_array(
         scored.batch.records.features["a"][2:3], scored.batch.records.lengths["a"][2:3], TINY.modalities[0])}).column("a").to_pylist()
     (data, attributes), (data2, attributes2) = dead_letters.to_messages(t)
     assert attributes["error_kind"] == "non_finite_output" and attributes["record_id"] == "r2"
-    assert "record_id" not in attributes2 and base64.b64decode(json.loads(data2)["payload"]) == b"x" * 64 * 1024
+    assert "record_id" not in attributes2 and base64.b64decode(json.loads(data2)["payload"]) == b"x" * MAX_PAYLOAD_BYTES
 
 
 # ------------------------------------------------------------------------------------------- metrics

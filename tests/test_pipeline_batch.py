@@ -178,3 +178,9 @@ def test_a_model_shared_across_processes_scores_the_same(inputs, tmp_path):
     assert a.column("id").equals(b.column("id")) and a.column("label_index").equals(b.column("label_index"))
     np.testing.assert_allclose(np.stack(a.column("probabilities").to_pylist()),
                                np.stack(b.column("probabilities").to_pylist()), rtol=1e-5, atol=1e-7)
+
+
+def test_run_builds_on_a_given_test_pipeline(inputs, tmp_path):
+    summary = run(job_argv(inputs, tmp_path), test_pipeline=beam_testing.TestPipeline(options=PipelineOptions(RUNNER)))
+    assert summary.conserved and summary.records_in == inputs["records"]
+    assert glob.glob(f"{tmp_path}/predictions/part-*.parquet")
