@@ -151,7 +151,7 @@ def test_eq15_to_eq18_masked_means_and_eq14():
     member = torch.log(torch.tensor([[0.4, 0.6], [0.1, 0.9]]))
     rows = torch.tensor([True, False])  # only complete originals count
     expected = symmetric_kl(teacher[0], member[0])
-    torch.testing.assert_close(forward_loss(teacher, [member, member], rows), expected)
+    torch.testing.assert_close(forward_loss(teacher, [member, member], rows), 2 * expected)  # summed over members
     decoded = torch.zeros(1, 3, 2)
     target = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]])
     valid = torch.tensor([[True, True, False]])

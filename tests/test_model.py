@@ -126,3 +126,16 @@ def test_batch_drop_zeroes_and_marks_missing():
     dropped = batch.drop(np.array([[True, False], [False, False]]))
     assert dropped.lengths["x"].tolist() == [0, 1] and dropped.features["x"][0].sum() == 0
     assert batch.lengths["x"].tolist() == [2, 1]  # the original is unchanged
+
+
+def test_only_the_backbone_trains_the_shared_representation():
+    """Gradients of the other members and of the ensemble never reach the encoders, slots or backbone."""
+    torch.manual_seed(0)
+    model = EMMR(SMALL).train()
+    feats, lengths = random_inputs(SMALL, [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5]])
+    out = model(feats, lengths)
+    loss = out.ensemble_logits.sum() + sum(r.sum() for r in out.reps[1:]) + sum(d.sum() for d in out.decoded[1:])
+    loss.backward()
+    shared = [p for n, p in model.named_parameters() if n.startswith(("encoder.", "slots.", "members.tf.", "heads."))]
+    assert shared and all(p.grad is None for p in shared)
+    assert model.members["ae"].encoder[0].weight.grad is not None

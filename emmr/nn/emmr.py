@@ -4,6 +4,12 @@ ensemble (Eq. 10-12) and the per-sample switch (Eq. 13).
 The first member is the backbone: its recovered input feeds the consistency heads. In training every
 member runs on every row (all of them learn); at inference the other members run only on the rows whose
 check fires, gathered and scattered back (no Python loop over samples).
+
+The backbone owns the shared representation: the other members and the ensemble read the Eq. 1-2 features,
+the slot embeddings, the backbone's representation and its heads' logits without sending gradients back.
+So the backbone trains exactly as it would alone (the `tf` baseline), and the ensemble can only add to it on
+the rows the check flags. Trained jointly instead, the members' reconstruction losses and the ensemble pulled
+the shared encoders their way and the backbone lost accuracy on the unflagged rows (docs/model.md).
 """
 
 from __future__ import annotations
@@ -52,8 +58,14 @@ class EMMR(nn.Module):
         return self.encoder(features, masks.observed), masks
 
     def run_member(self, name: str, z: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (decoded (B, T, h), pooled representation of the recovered input (B, M*h))."""
-        decoded = self.members[name](self.slots(z), z, masks)
+        """-> (decoded (B, T, h), pooled representation of the recovered input (B, M*h)).
+
+        Only the backbone (the first member) sends gradients into the shared encoders and slot embeddings.
+        """
+        z_in = self.slots(z)
+        if name != next(iter(self.members)):
+            z, z_in = z.detach(), z_in.detach()
+        decoded = self.members[name](z_in, z, masks)
         recovered = recover(z, decoded, masks.missing_slots)  # Section 3.6
         return decoded, self.layout.pool(recovered, masks.recovered_valid)
 
@@ -71,7 +83,8 @@ class EMMR(nn.Module):
         if all_members:
             runs = [self.run_member(n, z, masks) for n in names[1:]]
             reps = [rep0] + [r for _, r in runs]
-            ensemble_logits = self.ensemble(torch.stack(reps, dim=1), without)
+            ens_reps = torch.stack([rep0.detach()] + reps[1:], dim=1)  # the backbone trains as if alone
+            ensemble_logits = self.ensemble(ens_reps, without.detach())
             logits = switch(chk.key_missing, ensemble_logits, full)  # Eq. 13
             return EMMROutput(logits, full, without, chk, chk.key_missing, masks, ensemble_logits, reps,
                               [decoded0] + [d for d, _ in runs])

@@ -29,13 +29,16 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def forward_loss(teacher_rep: torch.Tensor, member_reps: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
-    """Eq. 15-16: teacher_rep (B, D), member reps J x (B, D), rows (B,) bool (complete originals) -> scalar."""
-    return torch.stack([_masked_mean(symmetric_kl(teacher_rep, r), rows) for r in member_reps]).mean()
+    """Eq. 15-16: teacher_rep (B, D), member reps J x (B, D), rows (B,) bool (complete originals) -> scalar.
+
+    Summed over members: each member has its own loss, of the same weight as when it trains alone.
+    """
+    return torch.stack([_masked_mean(symmetric_kl(teacher_rep, r), rows) for r in member_reps]).sum()
 
 
 def backward_loss(decoded: list[torch.Tensor], target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Eq. 17-18: decoded J x (B, T, h), target (B, T, h), valid (B, T) bool -> scalar."""
-    return torch.stack([_masked_mean(symmetric_kl(d, target), valid) for d in decoded]).mean()
+    """Eq. 17-18: decoded J x (B, T, h), target (B, T, h), valid (B, T) bool -> scalar, summed over members."""
+    return torch.stack([_masked_mean(symmetric_kl(d, target), valid) for d in decoded]).sum()
 
 
 def task_loss(out, labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
