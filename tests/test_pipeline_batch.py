@@ -21,7 +21,6 @@ from apache_beam.testing import test_pipeline as beam_testing  # (not `TestPipel
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline.handler import EMMRModelHandler
-from beam_pipeline.options import ScoringOptions
 from beam_pipeline.pipeline import build_pipeline, prepare
 from beam_pipeline.run import JobSummary, run
 from beam_pipeline.samples import write_bad_records
