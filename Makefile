@@ -27,7 +27,7 @@ test: venv ## install what the tests need, start their servers, run the whole su
 test-fast: venv ## the suite without tests marked slow
 	$(PY) -m pytest -m "not slow"
 
-demo: venv ## synthesise data and score it (grows with the pipeline)
+demo: venv ## synthetic + bad records, train a small model, score them with the Beam job, print a summary
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh $(DEMO_DIR)
 
 clean: ## remove the demo outputs and caches

@@ -25,7 +25,7 @@ from emmr.nn.emmr import EMMR
 from schemas.arrow import SCHEMA_VERSION
 
 FORMAT = "emmr-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bumped whenever the network's parameters change shape or meaning (2: MMIN's last block)
 META_FILE, MODEL_FILE, TEACHER_FILE = "checkpoint.json", "model.safetensors", "teacher.safetensors"
 MAX_META_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 2 << 30

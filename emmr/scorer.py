@@ -38,9 +38,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Scorer:
-    def __init__(self, model: EMMR, meta: dict, device: torch.device, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model: EMMR, meta: dict, device: torch.device, autocast_dtype: torch.dtype | None = None,
+                 load_seconds: float = 0.0):
         self.model, self.meta, self.device = model.eval(), meta, device
         self.autocast_dtype = autocast_dtype
+        self.load_seconds = load_seconds
 
     @classmethod
     def load(cls, path: str, device: str = "cpu", autocast: str | None = None) -> "Scorer":
@@ -48,9 +50,7 @@ class Scorer:
         started = time.perf_counter()
         model, meta = checkpoint.load(path, dev)
         dtype = {None: None, "none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[autocast]
-        scorer = cls(model, meta, dev, dtype)
-        scorer.load_seconds = time.perf_counter() - started
-        return scorer
+        return cls(model, meta, dev, dtype, load_seconds=time.perf_counter() - started)
 
     @property
     def config(self) -> ModelConfig:
