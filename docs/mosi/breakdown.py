@@ -7,15 +7,21 @@ and writes, pooled over the missing rates above 0 and the seeds:
   the backbone's full head (Eq. 8);
 - the key-missing flag: how many records it fired on, and how many of them the final output and the
   backbone's head got right;
-- per rate and seed, the correct-record difference of EMMR against each single member.
+- per rate and seed, the correct-record difference of EMMR against each other method (same masks), and over
+  the (rate > 0, seed) pairs how often EMMR wins, ties and loses, with a two-sided sign test (ties dropped).
 
-  python docs/mosi/breakdown.py --checkpoints runs/mosi-checkpoints --test runs/mosi/test \
-      --metrics docs/mosi/metrics.json --out docs/mosi/breakdown.json
+Run it with the code that wrote the checkpoints on PYTHONPATH (the checkpoint format is checked on load);
+for the run in docs/results.md that is the snapshot of commit e1bb138 in runs/src:
+
+  PYTHONPATH=runs/src .venv/bin/python docs/mosi/breakdown.py --checkpoints runs/mosi-new/checkpoints \
+      --test runs/mosi/test --metrics docs/mosi/metrics.json --out docs/mosi/breakdown.json --threads 1
 """
 import argparse
 import json
+import math
 
 import numpy as np
+import torch
 
 from emmr.batch import load_records
 from emmr.evaluate import score_all
@@ -27,12 +33,15 @@ p.add_argument("--checkpoints", required=True)
 p.add_argument("--test", required=True)
 p.add_argument("--metrics", required=True)
 p.add_argument("--out", required=True)
+p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 args = p.parse_args()
+torch.set_num_threads(args.threads)
 
 metrics = json.load(open(args.metrics))
 rates, seeds, methods = metrics["rates"], metrics["seeds"], list(metrics["methods"])
 batch = None
-out = {"pooled_over": {"rates": rates[1:], "seeds": seeds}, "methods": {}, "paired_vs_emmr": {}}
+out = {"pooled_over": {"rates": rates[1:], "seeds": seeds}, "methods": {}, "paired_vs_emmr": {},
+       "paired_vs_emmr_summary": {}}
 correct = {}
 for m in methods:
     names = None
@@ -64,6 +73,12 @@ for m in methods:
 for m in methods:
     if m != "emmr" and "emmr" in methods:
         out["paired_vs_emmr"][m] = {f"{r:g}": [correct[("emmr", s, r)] - correct[(m, s, r)] for s in range(seeds)] for r in rates}
+        d = [v for r in rates[1:] for v in out["paired_vs_emmr"][m][f"{r:g}"]]
+        wins, ties, losses = sum(v > 0 for v in d), sum(v == 0 for v in d), sum(v < 0 for v in d)
+        n = wins + losses
+        p_sign = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n) if n else 1.0
+        out["paired_vs_emmr_summary"][m] = {"wins": wins, "ties": ties, "losses": losses, "sign_test_p": p_sign,
+                                            "net_records": int(sum(d))}
 out["test_records"] = int(len(batch))
 with open(args.out, "w") as fh:
     json.dump(out, fh, indent=1)
@@ -72,4 +87,4 @@ for m, r in out["methods"].items():
                       for n, c in r["by_dropped_modality"].items())
     print(f"{m:17s} {cells}  | flag {r['flag']['flagged']} final {r['flag']['final_correct']} head {r['flag']['backbone_correct']} | mismatches {r['mismatches_with_metrics_json']}")
 for m, d in out["paired_vs_emmr"].items():
-    print(f"emmr - {m:17s}", {r: sum(v) for r, v in d.items()})
+    print(f"emmr - {m:17s}", {r: sum(v) for r, v in d.items()}, out["paired_vs_emmr_summary"][m])
