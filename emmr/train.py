@@ -148,6 +148,7 @@ def train_teacher(train: ModalityBatch, val: ModalityBatch, config: ModelConfig,
     if len(complete) < 2 or len(val_complete) < 1:
         raise ValueError(f"the full-modality network needs complete records: {len(complete)} for training, "
                          f"{len(val_complete)} for validation")
+    torch.manual_seed(cfg.seed)
     teacher = FullModalityNetwork(config).to(device)
     labels = torch.from_numpy(complete.labels).to(device)
 
