@@ -22,6 +22,21 @@ DEFAULT_JOB_NAME = "emmr-score"
 BATCH, STREAMING = "batch", "streaming"
 
 
+def parse_bool(text: str | bool) -> bool:
+    """A flag value: true/false (also 1/0, yes/no, any case). A flex template passes every flag as --name=value."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+parse_bool.__name__ = "boolean"  # argparse names the type in its error message: "invalid boolean value"
+
+
 class ScoringOptions(PipelineOptions):
     """The scoring job's flags. Beam's own (--runner, --job_name, --streaming, ...) parse alongside."""
 
@@ -43,8 +58,9 @@ class ScoringOptions(PipelineOptions):
                        help="streaming: longest wait to fill a batch, seconds, at most 10 (default 0.5)")
         g.add_argument("--window_s", type=float, default=60.0,
                        help="streaming Parquet outputs: each worker writes a file every this many seconds (default 60)")
-        g.add_argument("--share_model", action="store_true",
-                       help="one model per machine shared by its worker processes (large models; see --model_copies)")
+        g.add_argument("--share_model", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false",
+                       help="true: one model per machine shared by its worker processes (large models; see "
+                            "--model_copies); --share_model alone means true (default false)")
         g.add_argument("--model_copies", type=int, default=None,
                        help="number of shared model copies per machine (implies --share_model)")
         g.add_argument("--metrics_port", type=int, default=None,

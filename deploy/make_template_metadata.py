@@ -71,6 +71,7 @@ PARAMETERS: dict[str, Param] = {
     "batch_size": Param("Maximum records per inference batch", (POSITIVE_INT,)),
     "batch_duration_s": Param("Longest wait to fill a batch, seconds (streaming)", (POSITIVE_NUMBER,)),
     "window_s": Param("Parquet file interval per worker, seconds (streaming)", (POSITIVE_NUMBER,)),
+    "share_model": Param("Share one model per worker VM across its processes", (r"^(true|false)$",)),
     "model_copies": Param("Shared model copies per worker VM", (POSITIVE_INT,)),
     "metrics_port": Param("First /metrics port of the worker processes", (r"^(-1|0|[1-9][0-9]{0,4})$",)),
     "metrics_addr": Param("Bind address of /metrics", (r"^[A-Za-z0-9.:\-\[\]]+$",)),
@@ -87,9 +88,7 @@ BEAM_PARAMETERS: dict[str, Param] = {
 }
 
 # Flags of the options class that are not template parameters, and how the template gets their effect.
-NOT_PARAMETERS: dict[str, str] = {
-    "share_model": "a store_true flag cannot be passed as --share_model=value; --model_copies N implies it",
-}
+NOT_PARAMETERS: dict[str, str] = {}
 
 EXAMPLE_BUCKET, EXAMPLE_PROJECT = "gs://emmr-example", "emmr-example"
 EXAMPLES: dict[str, dict[str, str]] = {  # valid jobs: used to find the required flags and to check the regexes
