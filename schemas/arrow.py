@@ -93,4 +93,5 @@ def schema_name_version(schema: pa.Schema) -> tuple[str | None, str | None]:
     """The (name, version) recorded in a schema's metadata, or Nones where it records none."""
     meta = schema.metadata or {}
     name, version = meta.get(b"emmr.schema"), meta.get(b"emmr.schema_version")
-    return (name.decode() if name else None, version.decode() if version else None)
+    # bytes that are not UTF-8 read as replacement characters: a version nobody knows, not a crash
+    return (name.decode(errors="replace") if name else None, version.decode(errors="replace") if version else None)

@@ -47,6 +47,22 @@ def encode_record(record: pa.RecordBatch, max_bytes: int = MAX_MESSAGE_BYTES) ->
     return data, attributes
 
 
+def _check_names(schema: pa.Schema) -> None:
+    """Raise UnicodeDecodeError if a field name, at any depth, is not UTF-8 (IPC reading does not check names)."""
+
+    def walk(field: pa.Field) -> None:
+        field.name  # noqa: B018 - decoding the name is the check
+        typ = field.type
+        if hasattr(typ, "value_field"):
+            walk(typ.value_field)
+        elif pa.types.is_struct(typ):
+            for i in range(typ.num_fields):
+                walk(typ.field(i))
+
+    for i in range(len(schema)):
+        walk(schema.field(i))
+
+
 def decode_message(data: bytes, attributes: dict[str, str] | None, max_bytes: int = MAX_MESSAGE_BYTES) -> pa.RecordBatch:
     """Payload + attributes -> one-row batch. Raises MessageError naming what is wrong."""
     attributes = attributes or {}
@@ -66,7 +82,8 @@ def decode_message(data: bytes, attributes: dict[str, str] | None, max_bytes: in
         batches = list(reader)
         for b in batches:  # IPC reading trusts offsets and UTF-8; a corrupt payload must not reach the decoders
             b.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowException, OSError) as e:
+        _check_names(reader.schema)
+    except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowException, OSError, UnicodeDecodeError) as e:
         raise MessageError(CORRUPT_MESSAGE, f"record {record_id!r}: not an Arrow IPC stream ({e})") from None
     rows = sum(b.num_rows for b in batches)
     if rows != 1:
