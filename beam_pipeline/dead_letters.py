@@ -1,10 +1,14 @@
 """Dead letter v1: every record that cannot be scored, with why, where it came from and its bytes.
 
 Kinds: the validation kinds of schemas/validate.py, the message kinds of schemas/message.py, and the job's own:
-`unreadable_file` (a Parquet file that cannot be opened counts as one record), `inference_error` (the model
-raised on the record: after bisecting its batch, only the records that still fail get here; or RunInference's
-exception output, where the whole batch does) and `non_finite_output` (the model returned NaN or infinite
-probabilities, e.g. for finite inputs so large that the projection overflows).
+`unreadable_file` (a Parquet file that cannot be opened counts as one record), `unreadable_row_group` (a row
+group whose pages cannot be read: one dead letter, one record, for its unread rows), `oversized_row_group` (rows
+larger on average than any valid record: not read; one record), `invalid_utf8` (a string id that is not UTF-8),
+`event_time_out_of_range` (outside years 1 to 9999), `decode_error` (decoding raised where no check foresaw it;
+the input's records fail, never the job), `inference_error` (the model raised on the record: after bisecting its
+batch, only the records that still fail get here; or RunInference's exception output, where the whole batch does)
+and `non_finite_output` (the model returned NaN or infinite probabilities, e.g. for finite inputs so large that the
+projection overflows).
 
 The payload is the raw bytes, truncated to MAX_PAYLOAD_BYTES: a Pub/Sub message's data as received; for a
 Parquet row, the row as a one-row Arrow IPC stream (message v1's encoding, so it can be republished once fixed).
@@ -26,9 +30,16 @@ from emmr.batch import modality_array
 from schemas.arrow import MAX_PAYLOAD_BYTES, SCHEMA_VERSION, dead_letter_schema
 from schemas.modality import ModalitySpec
 
-UNREADABLE_FILE = "unreadable_file"
+UNREADABLE_FILE = "unreadable_file"  # not Parquet (no footer): one dead letter for the file
+UNREADABLE_ROW_GROUP = "unreadable_row_group"  # footer fine, a row group's pages are not: one for the row group
+OVERSIZED_ROW_GROUP = "oversized_row_group"  # rows larger on average than any valid record: not read, one dead letter
+INVALID_UTF8 = "invalid_utf8"  # a string id whose bytes are not UTF-8 (Parquet does not check them on read)
+EVENT_TIME_OUT_OF_RANGE = "event_time_out_of_range"  # outside years 1..9999: no timestamp can represent it
+DECODE_ERROR = "decode_error"  # decoding raised where no check foresaw it: the input's records, not the job, fail
 INFERENCE_ERROR = "inference_error"
 NON_FINITE_OUTPUT = "non_finite_output"
+JOB_KINDS = (UNREADABLE_FILE, UNREADABLE_ROW_GROUP, OVERSIZED_ROW_GROUP, INVALID_UTF8, EVENT_TIME_OUT_OF_RANGE,
+             DECODE_ERROR, INFERENCE_ERROR, NON_FINITE_OUTPUT)
 SCHEMA = dead_letter_schema()
 
 

@@ -1,14 +1,26 @@
 """Decoding and validation, as plain functions (no runner): Arrow in, ScoringBatches and dead letters out.
 
-Batch mode validates a whole Parquet row group at once (vectorised, schemas.validate), keeps the valid rows,
-and pads them to numpy in slices of at most --batch_size records (emmr.batch.from_arrow). Streaming decodes
-one message v1 into a one-row batch and validates it the same way. Every invalid record becomes exactly one
-dead letter naming its id, field and reason; valid ids that repeat across row groups or messages are kept
-(validation sees one batch; downstream can remove duplicates by id).
+Batch mode validates a whole Parquet row group (or slice, see sources.py) at once (vectorised, schemas.validate),
+keeps the valid rows, and pads them to numpy in slices of at most --batch_size records (emmr.batch.from_arrow).
+Streaming decodes one message v1 into a one-row batch and validates it the same way. Every invalid record becomes
+exactly one dead letter naming its id, field and reason; valid ids that repeat across row groups or messages are
+kept (validation sees one batch; downstream can remove duplicates by id).
+
+Beyond the contract's checks (schemas/validate.py), the job checks what would otherwise crash a later step or
+reach the model silently changed:
+- a string id whose bytes are not UTF-8 (Parquet readers do not check): `invalid_utf8`;
+- an event time outside years 1..9999, which no output timestamp can hold: `event_time_out_of_range`;
+- float64 values beyond float32's range, finite in the file but infinite once padded to float32: `non_finite`;
+- a message whose Arrow IPC body is compressed: `corrupt_message` (a 4 MiB message could decompress to gigabytes;
+  message v1 is uncompressed, so the payload bounds the decoded size).
+`decode_chunk_safely` / `decode_message_safely` are what the pipeline calls: any exception that still escapes
+becomes dead letters of kind `decode_error` for the records at hand, never a failed bundle.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +30,16 @@ from beam_pipeline import dead_letters
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.elements import NO_TIME, ParquetChunk, ScoringBatch
 from emmr.batch import from_arrow
-from schemas.message import ATTR_ID, MessageError, decode_message
+from schemas.message import ATTR_ID, CORRUPT_MESSAGE, MAX_MESSAGE_BYTES, MessageError, decode_message
 from schemas.modality import ModalitySpec
-from schemas.validate import validate_input
+from schemas.validate import NON_FINITE, list_lengths, validate_input
 
+log = logging.getLogger(__name__)
 BAD_ATTRIBUTES = "bad_attributes"
+# The microseconds since the epoch that a Python datetime (and so JSON, RFC 3339) can hold: years 1 to 9999.
+MIN_TIME_US, MAX_TIME_US = -62_135_596_800_000_000, 253_402_300_799_999_999
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,149 @@ def event_times(t: pa.Table) -> np.ndarray:
     return col.fill_null(NO_TIME).to_numpy().astype(np.int64, copy=False)
 
 
+# ------------------------------------------------------------------------------------------- the job's own checks
+
+
+def _combined(col) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def invalid_utf8_rows(t: pa.Table) -> np.ndarray:
+    """(n,) bool: rows whose `id` is a string that is not valid UTF-8."""
+    bad = np.zeros(t.num_rows, dtype=bool)
+    if "id" not in t.schema.names:
+        return bad
+    col = _combined(t.column("id"))
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return bad
+    try:
+        col.validate(full=True)
+        return bad
+    except pa.ArrowInvalid:
+        pass
+    raw = col.cast(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary())  # no UTF-8 check
+    for r, b in enumerate(raw.to_pylist()):
+        if b is not None:
+            try:
+                b.decode("utf-8")
+            except UnicodeDecodeError:
+                bad[r] = True
+    return bad
+
+
+def readable_ids(t: pa.Table) -> list[str | None]:
+    """What can be read of each row's id, for dead letters: strings as they are, bytes (a binary id column, or a
+    string that is not UTF-8) with undecodable bytes escaped; None where there is no id."""
+    if "id" not in t.schema.names:
+        return [None] * t.num_rows
+    col = _combined(t.column("id"))
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = col.cast(pa.large_binary())
+    elif not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+        return [None] * t.num_rows
+    return [None if b is None else b.decode("utf-8", "backslashreplace") for b in col.to_pylist()]
+
+
+def event_time_out_of_range_rows(t: pa.Table) -> np.ndarray:
+    """(n,) bool: rows whose `event_time` (a timestamp, as validated) lies outside years 1..9999."""
+    bad = np.zeros(t.num_rows, dtype=bool)
+    if "event_time" not in t.schema.names or not t.num_rows:
+        return bad
+    col = _combined(t.column("event_time"))
+    factor = _UNIT_US.get(col.type.unit)
+    if factor is None:  # nanoseconds: int64 covers years 1677..2262 only, all in range
+        return bad
+    raw = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    return (raw < MIN_TIME_US // factor) | (raw > MAX_TIME_US // factor)
+
+
+def float32_overflow_rows(t: pa.Table, modalities: tuple[ModalitySpec, ...]) -> dict[str, np.ndarray]:
+    """modality -> (n,) bool: valid rows holding a value that is finite but beyond float32's range (only float64
+    columns can). Call on validated rows (no null frames, right dimensions)."""
+    out = {}
+    for m in modalities:
+        if m.name not in t.schema.names:
+            continue
+        col = _combined(t.column(m.name))
+        if not pa.types.is_float64(col.type.value_type.value_type):
+            continue
+        lengths = list_lengths(col)
+        values = col.flatten().flatten().to_numpy(zero_copy_only=False)
+        if not len(values):
+            continue
+        over = np.abs(values) > _FLOAT32_MAX
+        if over.any():
+            rows = np.repeat(np.arange(t.num_rows), lengths * m.dim)
+            bad = np.zeros(t.num_rows, dtype=bool)
+            bad[rows[over]] = True
+            out[m.name] = bad
+    return out
+
+
+def post_validation_errors(t: pa.Table, d: Decoder) -> dict[int, tuple[str, str, str]]:
+    """row -> (kind, field, message) for validated rows that the job's own checks reject (first one wins)."""
+    errors: dict[int, tuple[str, str, str]] = {}
+    for r in np.flatnonzero(event_time_out_of_range_rows(t)):
+        errors.setdefault(int(r), (dead_letters.EVENT_TIME_OUT_OF_RANGE, "event_time", "outside years 1 to 9999"))
+    for name, bad in float32_overflow_rows(t, d.modalities).items():
+        for r in np.flatnonzero(bad):
+            errors.setdefault(int(r), (NON_FINITE, name, "a value beyond float32's range (infinite once scored)"))
+    return errors
+
+
+def _u16(b: bytes, p: int) -> int:
+    return struct.unpack_from("<H", b, p)[0]
+
+
+def _u32(b: bytes, p: int) -> int:
+    return struct.unpack_from("<I", b, p)[0]
+
+
+def _field(b: bytes, table: int, i: int) -> int | None:
+    """Flatbuffers: where field i of the table at `table` lies, or None when absent."""
+    vtable = table - struct.unpack_from("<i", b, table)[0]
+    if 4 + 2 * i + 2 > _u16(b, vtable):
+        return None
+    offset = _u16(b, vtable + 4 + 2 * i)
+    return table + offset if offset else None
+
+
+def _compressed(metadata: bytes) -> bool:
+    """Whether an Arrow IPC message (its flatbuffer metadata: Message.fbs) has a compressed body: a RecordBatch,
+    or a DictionaryBatch's RecordBatch, with its `compression` field (3) set."""
+    root = _u32(metadata, 0)
+    type_at, header_at = _field(metadata, root, 1), _field(metadata, root, 2)
+    if type_at is None or header_at is None:
+        return False
+    header_type, header = metadata[type_at], header_at + _u32(metadata, header_at)
+    if header_type == 2:  # DictionaryBatch { id, data: RecordBatch, isDelta }
+        data_at = _field(metadata, header, 1)
+        if data_at is None:
+            return False
+        header_type, header = 3, data_at + _u32(metadata, data_at)
+    return header_type == 3 and _field(metadata, header, 3) is not None
+
+
+def compressed_ipc(data: bytes) -> bool:
+    """Whether an Arrow IPC stream has a compressed body anywhere (read from the metadata, without decompressing).
+    Unparseable streams say False: decoding then names them corrupt."""
+    try:
+        reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(data))
+        while True:
+            message = reader.read_next_message()
+            if message is None:
+                return False
+            if message.type in ("record batch", "dictionary") and _compressed(message.metadata.to_pybytes()):
+                return True
+    except StopIteration:
+        return False
+    except (pa.ArrowException, OSError, struct.error, IndexError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
 def _row_dead_letter(t: pa.Table, row: int, record_id: str | None, source: str, kind: str, message: str,
                      at: int) -> DeadLetter:
     try:
@@ -52,22 +212,54 @@ def _row_dead_letter(t: pa.Table, row: int, record_id: str | None, source: str, 
     return DeadLetter(id=record_id, source=source, error_kind=kind, error=message, payload=payload, failed_at_us=at)
 
 
+def _unread_dead_letter(chunk: ParquetChunk, at: int) -> DeadLetter:
+    kind = chunk.kind or dead_letters.UNREADABLE_FILE
+    if kind == dead_letters.UNREADABLE_FILE:
+        return DeadLetter(None, chunk.path, kind, f"file {chunk.path}: cannot be read as Parquet: {chunk.error}", None,
+                          at)
+    return DeadLetter(None, f"{chunk.path}#row={chunk.first_row}", kind, f"file {chunk.path}: {chunk.error}", None, at)
+
+
 def decode_chunk(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBatch], list[DeadLetter]]:
     """A Parquet row group -> (ScoringBatches of its valid rows, one dead letter per invalid row)."""
     at = dead_letters.now_us()
     if chunk.table is None:
-        return [], [DeadLetter(None, chunk.path, dead_letters.UNREADABLE_FILE,
-                               f"file {chunk.path}: cannot be read as Parquet: {chunk.error}", None, at)]
+        return [], [_unread_dead_letter(chunk, at)]
     t = chunk.table
+    letters: list[DeadLetter] = []
+
+    def source(row: int) -> str:
+        return f"{chunk.path}#row={chunk.first_row + row}"
+
+    rows = np.arange(t.num_rows)  # the chunk's row of each row of `t`
+    not_utf8 = invalid_utf8_rows(t)
+    if not_utf8.any():
+        ids = readable_ids(t)
+        for r in np.flatnonzero(not_utf8):
+            letters.append(_row_dead_letter(t, r, ids[r], source(r), dead_letters.INVALID_UTF8,
+                                            f"record {ids[r]!r} (row {r}), field 'id': {dead_letters.INVALID_UTF8}: "
+                                            "the id is not valid UTF-8", at))
+        rows = np.flatnonzero(~not_utf8)
+        t = t.take(pa.array(rows))
     result = validate_input(t, d.modalities, d.num_classes)
-    letters = [
-        _row_dead_letter(t, e.row, e.record_id, f"{chunk.path}#row={chunk.first_row + e.row}", e.kind, str(e), at)
-        for e in result.errors
-    ]
+    fallback_ids = readable_ids(t) if result.errors else []
+    for e in result.errors:
+        rid = e.record_id if e.record_id is not None else fallback_ids[e.row]
+        letters.append(_row_dead_letter(t, e.row, rid, source(int(rows[e.row])), e.kind, str(e), at))
     valid_rows = np.flatnonzero(result.valid)
     if not len(valid_rows):
         return [], letters
     good = t if len(valid_rows) == t.num_rows else t.take(pa.array(valid_rows))
+    more = post_validation_errors(good, d)
+    if more:
+        ids = good.column("id").to_pylist()
+        for r, (kind, field, message) in sorted(more.items()):
+            letters.append(_row_dead_letter(good, r, ids[r], source(int(rows[valid_rows[r]])), kind,
+                                            f"record {ids[r]!r} (row {int(rows[valid_rows[r]])}), field {field!r}: "
+                                            f"{kind}: {message}", at))
+        keep = np.array([r not in more for r in range(good.num_rows)], dtype=bool)
+        valid_rows, good = valid_rows[keep], good.filter(pa.array(keep))
+    chunk_rows = rows[valid_rows]
     times = event_times(good)
     batches = []
     for start in range(0, good.num_rows, d.batch_size):
@@ -75,19 +267,47 @@ def decode_chunk(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBatch], l
         stop = start + piece.num_rows
         batches.append(ScoringBatch(records=from_arrow(piece, d.modalities), event_time_us=times[start:stop],
                                     publish_time_us=None, source=chunk.path,
-                                    rows=chunk.first_row + valid_rows[start:stop]))
+                                    rows=chunk.first_row + chunk_rows[start:stop]))
     return batches, letters
+
+
+def decode_chunk_safely(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBatch], list[DeadLetter]]:
+    """decode_chunk; should it raise all the same, every row of the chunk becomes a `decode_error` dead letter."""
+    try:
+        return decode_chunk(chunk, d)
+    except Exception as e:  # noqa: BLE001 - a bad input fails its records, never the job
+        log.exception("decoding %s from row %d raised; its %d rows go to dead letters", chunk.path, chunk.first_row,
+                      len(chunk))
+        at = dead_letters.now_us()
+        if chunk.table is None:
+            return [], [DeadLetter(None, chunk.path, dead_letters.DECODE_ERROR, f"file {chunk.path}: {e!r}", None, at)]
+        try:
+            ids = readable_ids(chunk.table)
+        except Exception:  # noqa: BLE001
+            ids = [None] * len(chunk)
+        return [], [_row_dead_letter(chunk.table, r, ids[r], f"{chunk.path}#row={chunk.first_row + r}",
+                                     dead_letters.DECODE_ERROR, f"record {ids[r]!r} (row {r}): decoding raised {e!r}",
+                                     at) for r in range(len(chunk))]
+
+
+# ------------------------------------------------------------------------------------------- messages
 
 
 def decode_message_record(data: bytes | None, attributes: dict[str, str] | None, message_id: str | None,
                           publish_time_us: int, d: Decoder) -> ScoringBatch | DeadLetter:
     """One Pub/Sub message v1 -> a one-record ScoringBatch, or its dead letter."""
     attributes = dict(attributes or {})
+    data = bytes(data or b"")
     source = f"pubsub:{message_id}"
     claimed_id = attributes.get(ATTR_ID)
     at = dead_letters.now_us()
+    if len(data) <= MAX_MESSAGE_BYTES and compressed_ipc(data):
+        return DeadLetter(claimed_id, source, CORRUPT_MESSAGE,
+                          f"record {claimed_id!r}: the Arrow IPC body is compressed; message v1 is uncompressed (a "
+                          f"compressed body could decode to far more than the {MAX_MESSAGE_BYTES}-byte limit)",
+                          data, at)
     try:
-        record = decode_message(data or b"", attributes)
+        record = decode_message(data, attributes)
     except MessageError as e:
         return DeadLetter(claimed_id, source, e.kind, str(e), data, at)
     t = pa.Table.from_batches([record])
@@ -99,6 +319,22 @@ def decode_message_record(data: bytes | None, attributes: dict[str, str] | None,
     if claimed_id is not None and claimed_id != record_id:
         return DeadLetter(record_id, source, BAD_ATTRIBUTES,
                           f"record {record_id!r}: attribute {ATTR_ID!r} says {claimed_id!r}", data, at)
+    more = post_validation_errors(t, d)
+    if more:
+        kind, field, message = more[0]
+        return DeadLetter(record_id, source, kind, f"record {record_id!r}, field {field!r}: {kind}: {message}", data,
+                          at)
     return ScoringBatch(records=from_arrow(t, d.modalities), event_time_us=event_times(t),
                         publish_time_us=np.array([publish_time_us], dtype=np.int64), source=source, rows=None)
 
+
+def decode_message_safely(data: bytes | None, attributes: dict[str, str] | None, message_id: str | None,
+                          publish_time_us: int, d: Decoder) -> ScoringBatch | DeadLetter:
+    """decode_message_record; should it raise all the same, the message becomes a `decode_error` dead letter."""
+    try:
+        return decode_message_record(data, attributes, message_id, publish_time_us, d)
+    except Exception as e:  # noqa: BLE001 - a bad message fails itself, never the job
+        log.exception("decoding message %s raised; it goes to dead letters", message_id)
+        claimed = (attributes or {}).get(ATTR_ID) if isinstance(attributes, dict) else None
+        return DeadLetter(claimed, f"pubsub:{message_id}", dead_letters.DECODE_ERROR,
+                          f"record {claimed!r}: decoding raised {e!r}", bytes(data or b""), dead_letters.now_us())

@@ -1,6 +1,7 @@
 """What flows between the job's stages: numpy arrays and Arrow tables, never a Python object per record.
 
-- `ParquetChunk`: one Parquet row group as read (file, first row, Arrow table), or a file that could not be read.
+- `ParquetChunk`: one Parquet row group (or a slice of a large one) as read (file, first row, Arrow table), or a
+  file or row group that could not be read.
 - `ScoringBatch`: valid records ready for the model: a padded `ModalityBatch` plus what the outputs need
   (event time, publication time, where each record came from). Batch mode carries up to --batch_size records
   per element; streaming carries one (RunInference batches them).
@@ -23,8 +24,10 @@ NO_TIME = np.iinfo(np.int64).min  # null in the int64 microsecond arrays below
 class ParquetChunk:
     path: str
     first_row: int  # row number, in its file, of the table's first row
-    table: pa.Table | None  # None when the file could not be read
+    table: pa.Table | None  # None when the file (or a row group) could not be read
     error: str | None = None
+    kind: str | None = None  # with table None: the dead-letter kind (unreadable_file, unreadable_row_group, ...)
+    rows: int | None = None  # with table None: the rows the footer declares for what was not read, if known
 
     def __len__(self) -> int:
         return 0 if self.table is None else self.table.num_rows

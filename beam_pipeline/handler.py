@@ -132,17 +132,32 @@ def score_robustly(model: LoadedModel, records: ModalityBatch, classes: int) -> 
 class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
     def __init__(self, model_path: str, *, device: str = "cpu", autocast: str | None = None,
                  torch_threads: int | None = None, batch_size: int = 256, batch_duration_s: float | None = None,
-                 share_model: bool = False, model_copies: int | None = None, clock=time):
-        """batch_duration_s: None in batch mode (elements are record batches); seconds in streaming."""
+                 share_model: bool = False, model_copies: int | None = None, clock=time, metrics_port: int = 0,
+                 metrics_addr: str = "0.0.0.0"):
+        """batch_duration_s: None in batch mode (elements are record batches); seconds in streaming.
+        metrics_port/metrics_addr: where the worker process serves /metrics (0: off), started when RunInference
+        sets up, before the model loads."""
         super().__init__()
         self._model_path, self._device, self._autocast = model_path, device, autocast
         self._torch_threads, self._batch_size, self._batch_duration_s = torch_threads, batch_size, batch_duration_s
         self._share, self._copies = share_model or model_copies is not None, model_copies
         self._clock = clock
+        self._metrics_port, self._metrics_addr = metrics_port, metrics_addr
         self._info: ModelInfo | None = None
         self._recorder: metrics.Recorder | None = None
 
+    def set_environment_vars(self) -> None:
+        """Called by RunInference's DoFn.setup in the worker process, before it loads the model: /metrics is served
+        from here on even if the model then fails to load (so that failure shows, as an absent emmr_model_info)."""
+        super().set_environment_vars()
+        metrics.serve(self._metrics_port, self._metrics_addr)
+
     def load_model(self) -> LoadedModel:
+        """Load the checkpoint (safetensors + JSON, SHA-256 checked: emmr.checkpoint) and record emmr_model_info and
+        emmr_model_load_seconds at once, so that "no emmr_model_info" means exactly "no model loaded".
+
+        With --share_model Beam runs this in the process that holds the shared model, not in the worker process that
+        serves /metrics; the worker then records both on its first batch (run_inference)."""
         if self._torch_threads:
             import torch
 
@@ -150,17 +165,25 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         scorer = Scorer.load(self._model_path, self._device, self._autocast)
         log.info("loaded model %s from %s on %s (asked for %s) in %.2f s", scorer.version, self._model_path,
                  scorer.device, self._device, getattr(scorer, "load_seconds", 0.0))
-        return LoadedModel(scorer, self._device)
+        loaded = LoadedModel(scorer, self._device)
+        self._info = loaded.info()
+        self._record_model(self._info)
+        return loaded
+
+    def _record_model(self, info: ModelInfo) -> None:
+        rec = self._recorder or metrics.Recorder()
+        self._recorder = rec
+        rec.set(metrics.MODEL_INFO, 1, version=info.version, device=info.device, requested_device=info.requested_device)
+        rec.set(metrics.MODEL_LOAD, info.load_seconds)
 
     def run_inference(self, batch: Sequence[ScoringBatch], model: LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[ScoredBatch]:
         elements = list(batch)
-        if self._info is None:
+        if self._info is None:  # the model was loaded by another handler instance, or another process (shared)
             self._info = model.info()
-        info, rec = self._info, self._recorder or metrics.Recorder()
-        self._recorder = rec
-        rec.set(metrics.MODEL_INFO, 1, version=info.version, device=info.device, requested_device=info.requested_device)
-        rec.set(metrics.MODEL_LOAD, info.load_seconds)
+        info = self._info
+        self._record_model(info)  # again per batch: Beam metrics count only inside a bundle (the batch summary)
+        rec = self._recorder
         scoring = [e for e in elements if len(e)]
         if not scoring:
             return [ScoredBatch(e, _empty_scores(0, len(info.label_names)), {}, info) for e in elements]

@@ -72,6 +72,12 @@ class ScoringOptions(PipelineOptions):
         g.add_argument("--summary_json", default=None, help="batch: also write the job summary as JSON here (local or gs://)")
 
 
+def metrics_port(flag: int | None, streaming: bool) -> int:
+    """The first /metrics port a worker process tries: --metrics_port, else the default when streaming; 0 = off."""
+    port = flag if flag is not None else (DEFAULT_METRICS_PORT if streaming else 0)
+    return max(port, 0)
+
+
 class OptionsError(ValueError):
     """The options do not describe a job that can run; the message lists every problem."""
 
@@ -201,7 +207,7 @@ def check_options(options: PipelineOptions) -> JobConfig:
         window_s=o.window_s,
         share_model=bool(o.share_model or o.model_copies),
         model_copies=o.model_copies,
-        metrics_port=max(port, 0),
+        metrics_port=metrics_port(o.metrics_port, streaming),
         metrics_addr=o.metrics_addr,
         pushgateway=o.pushgateway,
         job_name=options.view_as(GoogleCloudOptions).job_name or DEFAULT_JOB_NAME,

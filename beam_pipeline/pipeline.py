@@ -29,15 +29,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms import trigger, util, window
 
 from beam_pipeline import dead_letters, metrics, outputs
-from beam_pipeline.decode import Decoder, decode_chunk, decode_message_record
+from beam_pipeline.decode import Decoder, decode_chunk_safely, decode_message_safely
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.elements import ParquetChunk, ScoringBatch
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
 from beam_pipeline.options import JobConfig, OptionsError, check_options
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
+from beam_pipeline.worker import ServeMetricsAtWorkerStart  # noqa: F401 - defined here, so Dataflow's workers import it
 from emmr import checkpoint
 from emmr.config import ModelConfig
 from schemas.arrow import dead_letter_schema, prediction_schema
+from schemas.message import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 DEAD = "dead_letters"
@@ -64,6 +66,21 @@ class ModelSpec:
     def input_columns(self) -> list[str]:
         return ["id", *self.config.modality_names, "label", "event_time"]
 
+    def max_row_bytes(self) -> int:
+        """The most bytes a valid record can take in a file (float64 values, every modality at max_len, plus 1 MiB
+        for id, levels and the rest), never under the message limit: row groups whose rows average more are not
+        read (oversized_row_group)."""
+        values = sum(m.max_len * m.dim * 8 for m in self.config.modalities)
+        return max(MAX_MESSAGE_BYTES, values + (1 << 20))
+
+
+def runs_in_process(options: PipelineOptions) -> bool:
+    """Whether the runner executes the job in this process (the DirectRunner and its kin): this process is then
+    the worker, which loads the model and serves /metrics."""
+    runner = options.view_as(StandardOptions).runner
+    runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
+    return (runner_name or "").lower() in LOCAL_RUNNERS
+
 
 def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
     """Check the options and the model before anything runs; raises OptionsError naming every problem.
@@ -87,9 +104,7 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
             raise OptionsError([f"--input {config.input!r}: {e}"]) from e
         if not matched:
             raise OptionsError([f"--input {config.input!r}: no file matches"])
-    runner = options.view_as(StandardOptions).runner
-    runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
-    if (runner_name or "").lower() in LOCAL_RUNNERS:
+    if runs_in_process(options):
         from emmr.scorer import resolve_device
 
         try:
@@ -123,7 +138,7 @@ class DecodeChunks(_Metered):
 
     def process(self, chunk: ParquetChunk):
         self.rec.count(metrics.INPUT_RECORDS, len(chunk) if chunk.table is not None else 1)
-        batches, letters = decode_chunk(chunk, self._decoder)
+        batches, letters = decode_chunk_safely(chunk, self._decoder)
         yield from batches
         if letters:
             yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table(letters))
@@ -139,7 +154,7 @@ class DecodeMessages(_Metered):
     def process(self, message, timestamp=beam.DoFn.TimestampParam):
         self.rec.count(metrics.INPUT_RECORDS)
         published = message.publish_time.timestamp() if message.publish_time is not None else float(timestamp)
-        out = decode_message_record(message.data, message.attributes, message.message_id,
+        out = decode_message_safely(message.data, message.attributes, message.message_id,
                                     int(round(published * 1e6)), self._decoder)
         if isinstance(out, DeadLetter):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table([out]))
@@ -297,7 +312,8 @@ def make_handler(config: JobConfig, model: ModelSpec) -> EMMRModelHandler:
     return EMMRModelHandler(
         model.path, device=config.device, autocast=config.autocast, torch_threads=config.torch_threads,
         batch_size=config.batch_size, batch_duration_s=config.batch_duration_s if config.streaming else None,
-        share_model=config.share_model, model_copies=config.model_copies)
+        share_model=config.share_model, model_copies=config.model_copies, metrics_port=config.metrics_port,
+        metrics_addr=config.metrics_addr)
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
@@ -315,7 +331,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
                    | "Decode" >> beam.ParDo(DecodeMessages(decoder, **served)).with_outputs(DEAD, main="records"))
     else:
         decoded = (p
-                   | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns())
+                   | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns(),
+                                               max_row_bytes=model.max_row_bytes())
                    | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_outputs(DEAD, main="records"))
     records = decoded.records
     if not config.streaming:
