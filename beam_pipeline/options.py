@@ -112,10 +112,17 @@ class JobConfig:
     pushgateway: str | None
     job_name: str
     summary_json: str | None = None
+    in_process: bool = False  # the runner runs the job in this process (DirectRunner): it is its own worker
 
     @property
     def streaming(self) -> bool:
         return self.mode == STREAMING
+
+    @property
+    def acks_after_output(self) -> bool:
+        """Pub/Sub messages are acknowledged by the job once written (beam_pipeline/acks.py): on in-process runners,
+        whose own Pub/Sub read acknowledges on pull, for a subscription (a topic's subscription is temporary)."""
+        return self.streaming and self.in_process and bool(self.input_subscription)
 
     def outputs(self) -> dict[str, str]:
         """Where each output goes, for the summary."""
@@ -212,4 +219,18 @@ def check_options(options: PipelineOptions) -> JobConfig:
         pushgateway=o.pushgateway,
         job_name=options.view_as(GoogleCloudOptions).job_name or DEFAULT_JOB_NAME,
         summary_json=o.summary_json,
+        in_process=runs_in_process(options),
     )
+
+
+# Runners that execute the job in the launching process (which is then the worker).
+LOCAL_RUNNERS = {None, "", "directrunner", "direct", "switchingdirectrunner", "bundlebaseddirectrunner",
+                 "fnapirunner", "interactiverunner"}
+
+
+def runs_in_process(options: PipelineOptions) -> bool:
+    """Whether the runner executes the job in this process (the DirectRunner and its kin): this process is then
+    the worker, which loads the model and serves /metrics."""
+    runner = options.view_as(StandardOptions).runner
+    runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
+    return (runner_name or "").lower() in LOCAL_RUNNERS

@@ -28,12 +28,13 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms import trigger, util, window
 
-from beam_pipeline import dead_letters, metrics, outputs
+from beam_pipeline import acks, dead_letters, metrics, outputs
+from beam_pipeline.acks import AckAfter
 from beam_pipeline.decode import Decoder, decode_chunk_safely, decode_message_safely
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.elements import ParquetChunk, ScoringBatch
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
-from beam_pipeline.options import JobConfig, OptionsError, check_options
+from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
 from beam_pipeline.worker import ServeMetricsAtWorkerStart  # noqa: F401 - defined here, so Dataflow's workers import it
 from emmr import checkpoint
@@ -43,8 +44,6 @@ from schemas.message import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 DEAD = "dead_letters"
-LOCAL_RUNNERS = {None, "", "directrunner", "direct", "switchingdirectrunner", "bundlebaseddirectrunner",
-                 "fnapirunner", "interactiverunner"}
 
 
 @dataclass(frozen=True)
@@ -72,14 +71,6 @@ class ModelSpec:
         read (oversized_row_group)."""
         values = sum(m.max_len * m.dim * 8 for m in self.config.modalities)
         return max(MAX_MESSAGE_BYTES, values + (1 << 20))
-
-
-def runs_in_process(options: PipelineOptions) -> bool:
-    """Whether the runner executes the job in this process (the DirectRunner and its kin): this process is then
-    the worker, which loads the model and serves /metrics."""
-    runner = options.view_as(StandardOptions).runner
-    runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
-    return (runner_name or "").lower() in LOCAL_RUNNERS
 
 
 def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
@@ -163,16 +154,22 @@ class DecodeMessages(_Metered):
 
 
 class FormatPredictions(_Metered):
-    """ScoredBatch -> a prediction v1 table; records the model failed on -> a dead-letter table (tagged)."""
+    """ScoredBatch -> a prediction v1 table; records the model failed on -> a dead-letter table (tagged).
 
-    def __init__(self, modalities, **kw):
+    With `sources` (acknowledging after output, beam_pipeline/acks.py) each table carries its rows' sources in its
+    metadata, for the writers."""
+
+    def __init__(self, modalities, sources: bool = False, **kw):
         super().__init__(**kw)
-        self._modalities = modalities
+        self._modalities, self._sources = modalities, sources
 
     def process(self, scored: ScoredBatch):
         t = outputs.prediction_table(scored)
         self._count(scored, t)
         if t.num_rows:
+            if self._sources:
+                kept = np.flatnonzero(scored.ok())
+                t = acks.with_sources(t, [scored.batch.source_of(int(i)) for i in kept])
             yield t
         if scored.failures:
             rows = sorted(scored.failures)
@@ -245,9 +242,10 @@ class WriteTables(beam.PTransform):
     file whose writer failed to close, leaving a file without its footer.
     """
 
-    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, every_s: float):
+    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, every_s: float, ack: AckAfter | None = None):
         super().__init__()
         self._prefix, self._schema, self._streaming, self._every_s = prefix, schema, streaming, every_s
+        self._ack = ack
 
     def expand(self, tables):
         if not self._streaming:
@@ -258,12 +256,14 @@ class WriteTables(beam.PTransform):
                                              accumulation_mode=trigger.AccumulationMode.DISCARDING)
                 | "KeyByWorker" >> beam.ParDo(util.WithSharedKey())
                 | "Gather" >> beam.GroupByKey()
-                | "WriteFile" >> beam.ParDo(_WriteParquetFile(self._prefix, self._schema)))
+                | "WriteFile" >> beam.ParDo(_WriteParquetFile(self._prefix, self._schema, self._ack)))
 
 
 class _WriteParquetFile(beam.DoFn):
-    def __init__(self, prefix: str, schema: pa.Schema):
-        self._prefix, self._schema = prefix, schema
+    """One worker's tables -> one Parquet file, atomically; then (acks) the rows' messages are reported written."""
+
+    def __init__(self, prefix: str, schema: pa.Schema, ack: AckAfter | None = None):
+        self._prefix, self._schema, self._ack = prefix, schema, ack
 
     def process(self, keyed):
         import uuid
@@ -275,28 +275,61 @@ class _WriteParquetFile(beam.DoFn):
         tables = [t for t in keyed[1] if t.num_rows]
         if not tables:
             return
-        table = pa.concat_tables(tables).replace_schema_metadata(self._schema.metadata)
+        sources = [s for t in tables for s in acks.sources_of(t)] if self._ack else []
+        table = pa.concat_tables([t.replace_schema_metadata(self._schema.metadata) for t in tables])
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         final = f"{self._prefix}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         temp = FileSystems.join(FileSystems.split(final)[0], ".tmp-" + FileSystems.split(final)[1])
         with FileSystems.create(temp) as f:
             pq.write_table(table, f)
         FileSystems.rename([temp], [final])
+        acks.done(self._ack, sources)
         yield final
 
 
 class PublishTables(beam.PTransform):
-    """Arrow tables -> one Pub/Sub message per row, via `to_messages` (JSON with attributes)."""
+    """Arrow tables -> one Pub/Sub message per row, via `to_messages` (JSON with attributes).
 
-    def __init__(self, topic: str, to_messages):
+    Beam's WriteToPubSub (Dataflow's own sink there); with `ack` (in-process runs acknowledging after output), a
+    DoFn that publishes, waits for the server's confirmation at the end of each bundle, then reports the rows'
+    messages written."""
+
+    def __init__(self, topic: str, to_messages, ack: AckAfter | None = None):
         super().__init__()
-        self._topic, self._to_messages = topic, to_messages
+        self._topic, self._to_messages, self._ack = topic, to_messages, ack
 
     def expand(self, tables):
         to_messages = self._to_messages
+        if self._ack is not None:
+            return tables | "PublishAndAck" >> beam.ParDo(_PublishRows(self._topic, to_messages, self._ack))
         return (tables
                 | "ToMessages" >> beam.FlatMap(lambda t: [PubsubMessage(d, a) for d, a in to_messages(t)])
                 | "Publish" >> beam.io.WriteToPubSub(self._topic, with_attributes=True))
+
+
+class _PublishRows(beam.DoFn):
+    def __init__(self, topic: str, to_messages, ack: AckAfter):
+        self._topic, self._to_messages, self._ack = topic, to_messages, ack
+
+    def setup(self):
+        from google.cloud import pubsub_v1
+
+        self._client = pubsub_v1.PublisherClient()
+
+    def start_bundle(self):
+        self._pending: list = []
+        self._sources: list[str] = []
+
+    def process(self, table: pa.Table):
+        self._pending += [self._client.publish(self._topic, data, **attributes)
+                          for data, attributes in self._to_messages(table)]
+        self._sources += acks.sources_of(table)
+
+    def finish_bundle(self):
+        for future in self._pending:
+            future.result(timeout=120)  # raises: the bundle fails and nothing of it is acknowledged
+        acks.done(self._ack, self._sources)
+        self._pending, self._sources = [], []
 
 
 # --------------------------------------------------------------------------------------------- the graph
@@ -325,6 +358,10 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
     served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr,
               "known": metrics.known_series(model.config.modality_names, model.config.label_names)}
     modalities = model.config.modalities
+    ack_predictions = ack_dead = None
+    if config.acks_after_output:  # a message is acknowledged once each of its outputs is written (acks.py)
+        ack_predictions = AckAfter(config.input_subscription, int(bool(config.output)) + int(bool(config.output_topic)))
+        ack_dead = AckAfter(config.input_subscription, 1)
     if config.streaming:
         decoded = (p
                    | "Read" >> ReadMessages(config.input_subscription, config.input_topic)
@@ -341,7 +378,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
         records = records | "Spread" >> beam.Reshuffle()
     handler = handler or make_handler(config, model)
     scored, failed = records | "Score" >> RunInference(handler).with_exception_handling()
-    formatted = scored | "Format" >> beam.ParDo(FormatPredictions(modalities, **served)).with_outputs(DEAD, main="tables")
+    formatted = scored | "Format" >> beam.ParDo(
+        FormatPredictions(modalities, sources=ack_predictions is not None, **served)).with_outputs(DEAD, main="tables")
     failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))
     dead = ((decoded[DEAD], formatted[DEAD], failed_batches)
             | "DeadLetters" >> beam.Flatten()
@@ -350,12 +388,12 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
 
     if config.output:
         predictions | "WritePredictions" >> WriteTables(config.output, prediction_schema(), config.streaming,
-                                                        config.window_s)
+                                                        config.window_s, ack_predictions)
     if config.output_topic:
-        predictions | "PublishPredictions" >> PublishTables(config.output_topic, outputs.to_messages)
+        predictions | "PublishPredictions" >> PublishTables(config.output_topic, outputs.to_messages, ack_predictions)
     if config.dead_letter_is_topic:
-        dead | "PublishDeadLetters" >> PublishTables(config.dead_letter, dead_letters.to_messages)
+        dead | "PublishDeadLetters" >> PublishTables(config.dead_letter, dead_letters.to_messages, ack_dead)
     else:
         dead | "WriteDeadLetters" >> WriteTables(config.dead_letter, dead_letter_schema(), config.streaming,
-                                                 config.window_s)
+                                                 config.window_s, ack_dead)
     return Outputs(predictions=predictions, dead_letters=dead)

@@ -24,9 +24,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beam_pipeline import metrics
+from beam_pipeline import acks, metrics
 from beam_pipeline.options import JobConfig, OptionsError, ScoringOptions
-from beam_pipeline.pipeline import ModelSpec, build_pipeline, prepare, runs_in_process
+from beam_pipeline.pipeline import ModelSpec, build_pipeline, prepare
 
 log = logging.getLogger("beam_pipeline")
 
@@ -109,10 +109,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     started = time.time()
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     build_pipeline(p, config, model)
-    if config.streaming and runs_in_process(options):
+    if config.streaming and config.in_process:
         # This process is the worker: serve /metrics now, not when the first message reaches a DoFn (a quiet job
         # is still scraped). Remote workers do the same at start-up (beam_pipeline/worker.py).
         metrics.serve(config.metrics_port, config.metrics_addr)
+    if config.acks_after_output:  # the DirectRunner acknowledges on pull: acknowledge after output instead
+        acks.install()
+        acks.hold(config.input_subscription, max_in_flight=max(1000, 4 * config.batch_size))
     result = p.run()
     if config.streaming:
         return result
