@@ -54,6 +54,19 @@ class ModalityBatch:
         return ModalityBatch(ids=self.ids, features=features, lengths=lengths, labels=self.labels)
 
 
+def concat_batches(batches: list[ModalityBatch]) -> ModalityBatch:
+    """Several ModalityBatches of the same modalities (and max lengths) as one."""
+    if len(batches) == 1:
+        return batches[0]
+    names = batches[0].names
+    return ModalityBatch(
+        ids=np.concatenate([b.ids for b in batches]),
+        features={n: np.concatenate([b.features[n] for b in batches]) for n in names},
+        lengths={n: np.concatenate([b.lengths[n] for b in batches]) for n in names},
+        labels=np.concatenate([b.labels for b in batches]),
+    )
+
+
 def pad_modality(col: pa.Array, spec: ModalitySpec, truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A list<list-of-floats> column -> ((n, max_len, dim) float32, (n,) lengths). Rows must be valid.
 
