@@ -30,5 +30,10 @@ test-fast: venv ## the suite without tests marked slow
 demo: venv ## synthetic + bad records, train a small model, score them with the Beam job, print a summary
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh $(DEMO_DIR)
 
+bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline ratio last (JSON in runs/bench/)
+	mkdir -p runs/bench
+	$(PY) benchmarks/model_throughput.py --json runs/bench/model_throughput.json
+	$(PY) benchmarks/gpu.py --device cpu --quick --json runs/bench/gpu-cpu-quick.json
+
 clean: ## remove the demo outputs and caches
 	rm -rf runs .pytest_cache
