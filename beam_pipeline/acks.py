@@ -77,6 +77,26 @@ def message_ids(sources: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------- leases
 
 
+def subscriber_client():
+    """A Pub/Sub SubscriberClient that receives messages of any size. Against the emulator (PUBSUB_EMULATOR_HOST) the
+    library opens a plain gRPC channel with gRPC's 4 MiB receive limit, so one pull holding more (a large message,
+    or many) fails with RESOURCE_EXHAUSTED and, never acknowledged, comes back forever; against Pub/Sub itself the
+    library lifts the limit, as this does for the emulator."""
+    import os
+
+    from google.cloud import pubsub_v1
+
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.SubscriberClient()
+    import grpc
+    from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
+
+    channel = grpc.insecure_channel(host, options=[("grpc.max_send_message_length", -1),
+                                                   ("grpc.max_receive_message_length", -1)])
+    return pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=channel))
+
+
 @dataclass
 class _Held:
     ack_ids: list[str]
@@ -98,9 +118,7 @@ class Leases:
     acknowledged: int = 0
 
     def start(self) -> "Leases":
-        from google.cloud import pubsub_v1
-
-        self.client = self.client or pubsub_v1.SubscriberClient()
+        self.client = self.client or subscriber_client()
         try:
             self.deadline_s = int(self.client.get_subscription(subscription=self.subscription).ack_deadline_seconds)
         except Exception as e:  # noqa: BLE001 - the default is safe, only slower to redeliver

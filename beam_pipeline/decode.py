@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -92,15 +92,18 @@ def invalid_utf8_rows(t: pa.Table) -> np.ndarray:
 
 def readable_ids(t: pa.Table) -> list[str | None]:
     """What can be read of each row's id, for dead letters: strings as they are, bytes (a binary id column, or a
-    string that is not UTF-8) with undecodable bytes escaped; None where there is no id."""
+    string that is not UTF-8) with undecodable bytes escaped, other scalars (an integer id) as text; None where
+    there is no id."""
     if "id" not in t.schema.names:
         return [None] * t.num_rows
     col = _combined(t.column("id"))
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = col.cast(pa.large_binary())
-    elif not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
-        return [None] * t.num_rows
-    return [None if b is None else b.decode("utf-8", "backslashreplace") for b in col.to_pylist()]
+    if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+        return [None if b is None else b.decode("utf-8", "backslashreplace") for b in col.to_pylist()]
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
+        return [None if v is None else str(v) for v in col.to_pylist()]
+    return [None] * t.num_rows
 
 
 def event_time_out_of_range_rows(t: pa.Table) -> np.ndarray:
@@ -244,8 +247,10 @@ def decode_chunk(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBatch], l
     result = validate_input(t, d.modalities, d.num_classes)
     fallback_ids = readable_ids(t) if result.errors else []
     for e in result.errors:
-        rid = e.record_id if e.record_id is not None else fallback_ids[e.row]
-        letters.append(_row_dead_letter(t, e.row, rid, source(int(rows[e.row])), e.kind, str(e), at))
+        if e.record_id is None and fallback_ids[e.row] is not None:  # name the record as far as it can be read
+            e = replace(e, record_id=fallback_ids[e.row])
+        letters.append(_row_dead_letter(t, e.row, e.record_id, source(int(rows[e.row])), e.kind,
+                                        str(replace(e, row=int(rows[e.row]))), at))
     valid_rows = np.flatnonzero(result.valid)
     if not len(valid_rows):
         return [], letters

@@ -112,7 +112,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if config.streaming and config.in_process:
         # This process is the worker: serve /metrics now, not when the first message reaches a DoFn (a quiet job
         # is still scraped). Remote workers do the same at start-up (beam_pipeline/worker.py).
-        metrics.serve(config.metrics_port, config.metrics_addr)
+        if metrics.serve(config.metrics_port, config.metrics_addr):
+            metrics.Recorder().declare(metrics.known_series(model.config.modality_names, model.config.label_names))
     if config.acks_after_output:  # the DirectRunner acknowledges on pull: acknowledge after output instead
         acks.install()
         acks.hold(config.input_subscription, max_in_flight=max(1000, 4 * config.batch_size))

@@ -39,7 +39,7 @@ def _leaves(pf: pq.ParquetFile, columns: list[str] | None) -> list[int]:
 
 
 def row_group_chunks(pf: pq.ParquetFile, path: str, index: int, first_row: int, columns: list[str] | None,
-                     max_row_bytes: int, read_bytes: int = READ_BYTES):
+                     max_row_bytes: int, read_bytes: int | None = None):
     """The ParquetChunks of one row group: slices of about `read_bytes` decoded bytes; or one element without a
     table when the row group is oversized or cannot be read (from the first row not read)."""
     rg = pf.metadata.row_group(index)
@@ -53,7 +53,7 @@ def row_group_chunks(pf: pq.ParquetFile, path: str, index: int, first_row: int, 
         yield ParquetChunk(path, first_row, None, f"{where}: {per_row:.0f} bytes per row on average (footer), over "
                            f"the limit {max_row_bytes}; not read", kind=OVERSIZED_ROW_GROUP, rows=rows)
         return
-    slice_rows = max(1, min(rows, int(read_bytes // max(per_row, 1.0))))
+    slice_rows = max(1, min(rows, int((read_bytes or READ_BYTES) // max(per_row, 1.0))))
     done = 0
     try:
         for batch in pf.iter_batches(batch_size=slice_rows, row_groups=[index], columns=columns, use_threads=False):

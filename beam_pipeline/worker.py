@@ -56,7 +56,10 @@ def on_worker_start(environ: Mapping[str, str] = os.environ) -> int | None:
         options = harness_options(environ)
         o = options.view_as(ScoringOptions)
         port = metrics_port(o.metrics_port, bool(options.view_as(StandardOptions).streaming))
-        return metrics.serve(port, o.metrics_addr or "0.0.0.0")
+        served = metrics.serve(port, o.metrics_addr or "0.0.0.0")
+        if served:  # the unlabelled counters at 0 (emmr_input_records_total: "no input" needs the series)
+            metrics.Recorder().declare({})
+        return served
     except Exception:  # noqa: BLE001 - worker start must not fail because of metrics
         log.warning("could not serve /metrics at worker start; the job's DoFns will try again", exc_info=True)
         return None

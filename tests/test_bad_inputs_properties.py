@@ -1,0 +1,178 @@
+"""Property-based tests (hypothesis) of the job's own decoding, beam_pipeline/decode.py: whatever table a Parquet
+row group holds and whatever bytes a message carries, decoding never raises and every input row comes out as
+exactly one valid record or exactly one dead letter (tests/test_properties.py does the same for schemas/ alone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from beam_pipeline.dead_letters import DeadLetter
+from beam_pipeline.decode import MAX_TIME_US, MIN_TIME_US, Decoder, compressed_ipc, decode_chunk, decode_message_record
+from beam_pipeline.elements import NO_TIME, ParquetChunk, ScoringBatch
+from schemas import ModalitySpec, encode_record, input_schema
+
+MODS = (ModalitySpec("visual", 3, 4), ModalitySpec("text", 2, 3))
+DECODER = Decoder(MODS, num_classes=3, batch_size=3)
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+floats = st.one_of(st.floats(width=32), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 1e39, -1e300]))
+id_bytes = st.one_of(st.none(), st.binary(max_size=6), st.text(max_size=5).map(str.encode))
+labels = st.one_of(st.none(), st.integers(min_value=-3, max_value=5))
+TIME_UNITS = ["s", "ms", "us", "ns"]
+
+
+def _id_column(draw, n: int) -> pa.Array:
+    kind = draw(st.sampled_from(["string", "raw-string", "binary", "int", "absent"]))
+    if kind == "int":
+        return pa.array([draw(st.integers(-5, 5)) for _ in range(n)], pa.int64())
+    values = [draw(id_bytes) for _ in range(n)]
+    if kind == "binary":
+        return pa.array(values, pa.binary())
+    if kind == "string":
+        return pa.array([None if v is None else v.decode("utf-8", "replace") for v in values], pa.string())
+    # a string column holding whatever bytes (as a Parquet reader hands it over: UTF-8 not checked)
+    offsets = np.concatenate([[0], np.cumsum([len(v or b"") for v in values])]).astype(np.int32)
+    validity = pa.array([v is not None for v in values]).buffers()[1] if any(v is None for v in values) else None
+    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets.tobytes()),
+                                                  pa.py_buffer(b"".join(v or b"" for v in values))])
+
+
+def _modality(draw, m: ModalitySpec, n: int) -> pa.Array:
+    layout = draw(st.sampled_from(["fixed", "fixed64", "variable", "wrong-dim", "strings"]))
+    if layout == "strings":
+        return pa.array([draw(st.text(max_size=3)) for _ in range(n)])
+    dim = m.dim + 1 if layout == "wrong-dim" else m.dim
+    frame = st.lists(floats, min_size=dim, max_size=dim)
+    if layout == "variable":
+        frame = st.one_of(st.none(), st.lists(floats, max_size=dim + 1))
+    sequences = [draw(st.one_of(st.none(), st.lists(frame, max_size=m.max_len + 1))) for _ in range(n)]
+    value = pa.float64() if layout == "fixed64" else pa.float32()
+    typ = pa.list_(pa.list_(value)) if layout == "variable" else pa.list_(pa.list_(value, dim))
+    return pa.array(sequences, typ)
+
+
+@st.composite
+def row_groups(draw):
+    """An arbitrary row group as the source reads it: any layout, type, id, label, event time, metadata."""
+    n = draw(st.integers(min_value=0, max_value=7))
+    cols = {}
+    if draw(st.integers(0, 9)):  # rarely no id column
+        cols["id"] = _id_column(draw, n)
+    for m in MODS:
+        if draw(st.integers(0, 9)):
+            cols[m.name] = _modality(draw, m, n)
+    if draw(st.booleans()):
+        cols["label"] = (pa.array([draw(labels) for _ in range(n)], pa.int64()) if draw(st.integers(0, 4))
+                         else pa.array([draw(st.text(max_size=2)) for _ in range(n)]))
+    if draw(st.booleans()):
+        unit = draw(st.sampled_from(TIME_UNITS))
+        times = [draw(st.one_of(st.none(), st.integers(-2**63 + 1, 2**63 - 1), st.integers(-10**12, 10**12)))
+                 for _ in range(n)]
+        cols["event_time"] = pa.array(times, pa.timestamp(unit, tz=draw(st.sampled_from([None, "UTC"]))))
+    if draw(st.booleans()):
+        cols["extra"] = pa.array([draw(st.binary(max_size=4)) for _ in range(n)], pa.binary())
+    if not cols:
+        cols["nothing"] = pa.nulls(n)
+    table = pa.table(cols)
+    version = draw(st.sampled_from([None, b"1", b"2", b"\xff"]))
+    if version is not None:
+        table = table.replace_schema_metadata({b"emmr.schema": b"input", b"emmr.schema_version": version})
+    return table
+
+
+def _accounted_rows(batches, letters, path, first_row, n):
+    """The rows each output names: [(row, "record" | dead-letter kind)], one per input row expected."""
+    out = []
+    for b in batches:
+        assert isinstance(b, ScoringBatch) and 0 < len(b) <= DECODER.batch_size and b.source == path
+        for m in MODS:
+            features = b.records.features[m.name]
+            assert features.shape == (len(b), m.max_len, m.dim) and np.isfinite(features).all()
+        assert (b.event_time_us.shape, b.records.labels.shape) == ((len(b),), (len(b),))
+        known = b.event_time_us[b.event_time_us != NO_TIME]  # the outputs format them as datetimes (RFC 3339 in JSON)
+        assert ((known >= MIN_TIME_US) & (known <= MAX_TIME_US)).all()
+        out += [(int(r) - first_row, "record") for r in b.rows]
+    for d in letters:
+        assert isinstance(d, DeadLetter) and d.error_kind and d.error and d.source.startswith(f"{path}#row=")
+        out.append((int(d.source.split("#row=")[1]) - first_row, d.error_kind))
+    return out
+
+
+@SETTINGS
+@given(row_groups(), st.integers(min_value=0, max_value=10**6))
+def test_decode_chunk_accounts_for_every_row_exactly_once(table, first_row):
+    batches, letters = decode_chunk(ParquetChunk("gs://b/in/part.parquet", first_row, table), DECODER)
+    rows = _accounted_rows(batches, letters, "gs://b/in/part.parquet", first_row, table.num_rows)
+    assert sorted(r for r, _ in rows) == list(range(table.num_rows))  # every row once: scored or dead-lettered
+    for d in letters:  # a dead letter carries its row, replayable, when the row could be encoded
+        if d.payload is not None:
+            assert pa.ipc.open_stream(d.payload).read_all().num_rows == 1
+
+
+def test_decode_chunk_of_an_unreadable_part_is_one_dead_letter():
+    for kind in ("unreadable_file", "unreadable_row_group", "oversized_row_group"):
+        batches, letters = decode_chunk(ParquetChunk("f.parquet", 7, None, "why", kind=kind, rows=3), DECODER)
+        assert batches == [] and [(d.error_kind, d.id) for d in letters] == [(kind, None)]
+
+
+ATTRIBUTES = st.dictionaries(st.sampled_from(["schema_version", "record_id", "content_type", "other"]),
+                             st.one_of(st.sampled_from(["1", "2", "application/vnd.apache.arrow.stream"]),
+                                       st.text(max_size=6)), max_size=4)
+
+
+@SETTINGS
+@given(st.one_of(st.none(), st.binary(max_size=4096)), st.one_of(st.none(), ATTRIBUTES), st.text(max_size=8))
+def test_arbitrary_message_bytes_decode_to_one_record_or_one_dead_letter(data, attributes, message_id):
+    out = decode_message_record(data, attributes, message_id, 0, DECODER)
+    assert isinstance(out, (ScoringBatch, DeadLetter))
+    if isinstance(out, DeadLetter):
+        assert out.source == f"pubsub:{message_id}" and out.error_kind and out.payload == (data or b"")
+    else:
+        assert len(out) == 1
+    assert compressed_ipc(data or b"") in (True, False)
+
+
+@SETTINGS
+@given(row_groups(), st.data())
+def test_any_row_group_as_messages_decodes_to_one_record_or_one_dead_letter(table, data):
+    """Each row of an arbitrary table as a message (IPC, maybe compressed, maybe mangled)."""
+    for r in range(table.num_rows):
+        sink = pa.BufferOutputStream()
+        compression = data.draw(st.sampled_from([None, None, "zstd", "lz4"]))
+        with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+            w.write_table(table.slice(r, 1))
+        payload = bytearray(sink.getvalue().to_pybytes())
+        if data.draw(st.booleans()) and payload:  # flip a byte
+            payload[data.draw(st.integers(0, len(payload) - 1))] ^= data.draw(st.integers(1, 255))
+        attributes = {"schema_version": "1", **data.draw(ATTRIBUTES)}
+        out = decode_message_record(bytes(payload), attributes, f"m{r}", 1_000_000, DECODER)
+        assert isinstance(out, (ScoringBatch, DeadLetter))
+        if isinstance(out, ScoringBatch):
+            assert len(out) == 1 and compression is None
+            assert all(np.isfinite(out.records.features[m.name]).all() for m in MODS)
+        elif compression is not None and out.error_kind == "corrupt_message":
+            pass  # a compressed body is refused (or the flip made it unreadable)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=4), st.integers(0, 2**16))
+def test_valid_records_round_trip_through_messages(present, seed):
+    rng = np.random.default_rng(seed)
+    for i, (has_visual, has_text) in enumerate(present):
+        if not (has_visual or has_text):
+            continue
+        row = {"id": f"r{i}", "label": int(rng.integers(0, 3)), "event_time": None}
+        for m, has in zip(MODS, (has_visual, has_text)):
+            steps = int(rng.integers(1, m.max_len + 1))
+            row[m.name] = rng.normal(size=(steps, m.dim)).astype(np.float32).tolist() if has else None
+        t = pa.Table.from_pylist([row], schema=input_schema(MODS))
+        out = decode_message_record(*encode_record(t.to_batches()[0]), "m", 0, DECODER)
+        assert isinstance(out, ScoringBatch) and out.ids.tolist() == [f"r{i}"]
+        for m in MODS:
+            length = int(out.records.lengths[m.name][0])
+            want = np.asarray(row[m.name] or np.zeros((0, m.dim)), np.float32)
+            np.testing.assert_array_equal(out.records.features[m.name][0, :length], want)
