@@ -13,7 +13,9 @@ DirectRunner a Reshuffle is a GroupByKey whose whole output the runner holds in 
 runs, so with it every decoded (padded) record of the input is in memory at once.
 
 The DirectRunner runs the job in that one process (the default --direct_num_workers=1), so its peak RSS is
-the job's. A streaming run's memory over time is not measured here (see docs/performance.md).
+the job's. With --streaming-s S, the streaming job (small preset) also runs for S seconds reading the Pub/Sub emulator
+while `emmr publish` sends --streaming-rate records/s; its RSS (/proc/PID/status VmRSS) is sampled every
+second and the median of the last quarter of the samples over that of the first quarter is printed.
 
   .venv/bin/python benchmarks/memory.py [--quick] [--json runs/bench/memory.json]
 """
@@ -21,7 +23,9 @@ the job's. A streaming run's memory over time is not measured here (see docs/per
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +90,95 @@ def measure(tag: str, work_dir: str, records: int, batch_size: int, rounds: int,
     return fig
 
 
+# ---------------------------------------------------------------------------------------------- streaming
+
+
+def vm_rss_mb(pid: int) -> float:
+    """The resident set size of a process now (VmRSS of /proc/PID/status), MB; nan once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def streaming(work_dir: str, seconds: float, rate: float, batch_size: int, results: dict) -> dict:
+    """The streaming job (small preset) reading a subscription of the Pub/Sub emulator (started the way
+    tests/servers.py starts it) while `emmr publish` sends `rate` records/s for `seconds`; the job's RSS is
+    sampled every second. -> RSS at the first and last quarter of the flow and their ratio."""
+    import math
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import servers  # tests/servers.py: free ports, the emulator jar, readiness checks
+
+    java, jar = servers.require_binary("java"), servers.pubsub_emulator_jar()
+    if jar is None:
+        raise RuntimeError("the Pub/Sub emulator jar is not installed (scripts/install-test-deps.sh)")
+    model = model_dir(work_dir, "small")
+    data = data_dir(work_dir, "small", int(seconds * rate), seed=2)
+    out, logs = os.path.join(work_dir, "out-memory-streaming"), os.path.join(work_dir, "streaming-logs")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(logs, exist_ok=True)
+    server, port, _ = servers.start_server(
+        "pubsub-emulator", lambda p: [java, "-jar", jar, f"--host={servers.LOOPBACK}", f"--port={p}"], "/",
+        servers.Path(logs))
+    job = publisher = None
+    try:
+        emu = servers.PubSubEmulator(host=f"{servers.LOOPBACK}:{port}", project=servers.PROJECT, process=server,
+                                     startup_s=0.0)
+        sub = emu.create_subscription("bench-in-sub", "bench-in")
+        env = {**os.environ, **emu.env}
+        argv = ["--runner=DirectRunner", "--streaming", "--input_subscription", sub, "--model", model,
+                "--output", os.path.join(out, "predictions", "part"), "--dead_letter", os.path.join(out, "dead", "part"),
+                "--window_s", "5", "--batch_size", str(batch_size), "--torch_threads", "1", "--metrics_port", "0"]
+        job_log = open(os.path.join(logs, "job.log"), "w")
+        job = subprocess.Popen([sys.executable, "-m", "beam_pipeline.run", *argv], cwd=ROOT, env=env, stdout=job_log,
+                               stderr=subprocess.STDOUT)
+        time.sleep(10)  # the job subscribes and builds its graph
+        pub_log = open(os.path.join(logs, "publish.log"), "w")
+        publisher = subprocess.Popen([sys.executable, "-m", "emmr.cli", "publish", "--topic", "bench-in", "--data", data,
+                                      "--rate", str(rate), "--project", servers.PROJECT], cwd=ROOT, env=env,
+                                     stdout=pub_log, stderr=subprocess.STDOUT)
+        samples: list[tuple[float, float]] = []
+        started = time.monotonic()
+        while time.monotonic() - started < seconds + 5:
+            if job.poll() is not None:
+                raise RuntimeError(f"the streaming job exited {job.returncode}; see {logs}/job.log")
+            samples.append((time.monotonic() - started, vm_rss_mb(job.pid)))
+            time.sleep(1.0)
+        publisher.wait(timeout=60)
+    finally:
+        for proc in (publisher, job):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        server.stop()
+    rss = [r for _, r in samples if not math.isnan(r)]
+    quarter = max(1, len(rss) // 4)
+    first, last = median(rss[:quarter]), median(rss[-quarter:])
+    import pyarrow.parquet as pq
+
+    files = glob.glob(os.path.join(out, "predictions", "part-*.parquet"))
+    written = sum(pq.read_metadata(f).num_rows for f in files)
+    note(f"streaming: {int(seconds * rate)} records published at {rate:g}/s over {seconds:g} s, batch {batch_size}; "
+         f"RSS MB every ~5 s: {[round(r) for r in rss[::5]]}; {written} predictions in {len(files)} files when stopped "
+         "(5 s after the last publication)")
+    emit("streaming_predictions_written", written, results)
+    emit("streaming_rss_mb_first_quarter", first, results)
+    emit("streaming_rss_mb_last_quarter", last, results)
+    emit("streaming_rss_mb_max", max(rss), results)
+    emit("streaming_rss_last_over_first_quarter", last / first, results)
+    return {"samples": samples, "first_quarter_mb": first, "last_quarter_mb": last, "prediction_files": len(files),
+            "predictions_written": written, "published": int(seconds * rate)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the small preset only, fewer records (under a minute)")
@@ -95,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-small", type=int, default=256, help="batch size, small preset (default 256)")
     p.add_argument("--batch-paper", type=int, default=64, help="batch size, paper preset (default 64)")
     p.add_argument("--rounds", type=int, default=1, help="runs of each size (default 1; peak RSS hardly varies)")
+    p.add_argument("--streaming-s", type=float, default=0.0,
+                   help="also run the streaming job this many seconds on the Pub/Sub emulator, sampling its RSS "
+                        "(default 0: not run; needs java and the emulator jar)")
+    p.add_argument("--streaming-rate", type=float, default=100.0, help="records/s published (default 100)")
     p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="data, checkpoints, outputs (default runs/bench/pipeline)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
@@ -107,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     for tag in presets:
         records = getattr(a, f"records_{tag}")
         figures[tag] = measure(tag, a.work_dir, records, getattr(a, f"batch_{tag}"), a.rounds, results)
+    if a.streaming_s > 0:
+        figures["streaming"] = streaming(a.work_dir, a.streaming_s, a.streaming_rate, 64, results)
     for tag in presets[:-1]:
         emit(f"memory_10x_over_1x_{tag}", figures[tag]["memory_10x_over_1x"], results)
     emit(f"memory_10x_over_1x_{presets[-1]}", figures[presets[-1]]["memory_10x_over_1x"], results)
