@@ -34,6 +34,9 @@ bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline rat
 	mkdir -p runs/bench
 	$(PY) benchmarks/model_throughput.py --json runs/bench/model_throughput.json
 	$(PY) benchmarks/gpu.py --device cpu --quick --json runs/bench/gpu-cpu-quick.json
+	$(PY) benchmarks/pipeline_efficiency.py --json runs/bench/pipeline_efficiency.json
+	$(PY) benchmarks/io_ceiling.py --json runs/bench/io_ceiling.json
+	$(PY) benchmarks/memory.py --json runs/bench/memory.json
 
 clean: ## remove the demo outputs and caches
 	rm -rf runs .pytest_cache
