@@ -1,0 +1,42 @@
+"""The last lines of `make bench`: one `name: value` line per headline figure, read from the JSON that each
+benchmark wrote in runs/bench/ during this run (a figure whose benchmark did not run is said to be missing)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+# (file, result key, printed name): the figures of issue #8, in the order docs/performance.md gives them.
+FIGURES = (
+    ("model_throughput.json", "model_records_per_s_paper_cpu", "model_records_per_s_paper_cpu"),
+    ("model_throughput.json", "model_records_per_s_small_cpu", "model_records_per_s_small_cpu"),
+    ("model_throughput.json", "flagged_only_over_all_members_paper", "flagged_only_over_all_members_paper"),
+    ("pipeline_efficiency.json", "pipeline_over_model_paper", "pipeline_over_model_paper"),
+    ("pipeline_efficiency.json", "pipeline_over_model_small", "pipeline_over_model_small"),
+    ("io_ceiling.json", "io_over_pyarrow", "io_over_pyarrow"),
+    ("memory.json", "memory_10x_over_1x_paper", "memory_10x_over_1x_paper"),
+    ("memory.json", "memory_10x_over_1x_small", "memory_10x_over_1x_small"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--dir", default="runs/bench", help="where the benchmarks wrote their JSON")
+    args = p.parse_args(argv)
+    cache: dict[str, dict] = {}
+    for name, key, label in FIGURES:
+        path = os.path.join(args.dir, name)
+        if name not in cache:
+            try:
+                with open(path) as f:
+                    cache[name] = json.load(f).get("results", {})
+            except (OSError, ValueError):
+                cache[name] = {}
+        value = cache[name].get(key)
+        print(f"{label}: {value:.4g}" if isinstance(value, (int, float)) else f"{label}: missing ({path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
