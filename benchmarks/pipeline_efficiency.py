@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     figures["small"] = measure("small", a.work_dir, a.records_small, a.tiny, a.batch_small, a.threads, a.rounds, results)
     figures["paper"] = measure("paper", a.work_dir, a.records_paper, a.tiny, a.batch_paper, a.threads, a.rounds, results)
     emit("pipeline_over_model_small", figures["small"]["pipeline_over_model"], results)
+    emit("pipeline_over_model_paper", figures["paper"]["pipeline_over_model"], results)  # the headline, last
     figures["results"] = results
     if a.json:
         write_json(a.json, figures)
-    emit("pipeline_over_model_paper", figures["paper"]["pipeline_over_model"], results)
     return 0
 
 
