@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from emmr import checkpoint, synth
-from emmr.batch import ModalityBatch, from_arrow
+from emmr.batch import ModalityBatch, concat_batches, from_arrow
 from emmr.config import ModelConfig, preset
 from emmr.nn.emmr import EMMR
 
@@ -189,20 +189,9 @@ def synthetic_batch(config: ModelConfig, records: int, *, missing_rate: float = 
             dropped = table.column("dropped").to_pylist()
             key = {n: table.column(f"key_{n}").to_numpy(zero_copy_only=False) for n in names}
             keys.append(np.array([d is not None and bool(key[d][i]) for i, d in enumerate(dropped)]))
-    batch = concat(parts)
+    batch = concat_batches(parts)
     return (batch, np.concatenate(keys)) if truth else batch
 
-
-def concat(parts: list[ModalityBatch]) -> ModalityBatch:
-    if len(parts) == 1:
-        return parts[0]
-    names = parts[0].names
-    return ModalityBatch(
-        ids=np.concatenate([p.ids for p in parts]),
-        features={n: np.concatenate([p.features[n] for p in parts]) for n in names},
-        lengths={n: np.concatenate([p.lengths[n] for p in parts]) for n in names},
-        labels=np.concatenate([p.labels for p in parts]),
-    )
 
 
 def tile(batch: ModalityBatch, records: int) -> ModalityBatch:
