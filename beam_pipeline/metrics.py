@@ -344,10 +344,19 @@ def summary_registry(snapshot: Snapshot, job_seconds: float, known: dict[str, li
     return registry
 
 
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+_BARE_USERINFO = re.compile(r"^[^/:@\s]+:[^/@\s]*@")  # user:password@host:port, no scheme
+
+
+def redact(text: str | None) -> str | None:
+    """Text fit for logs: credentials in URLs (scheme://user:password@host, or user:password@host) become ***."""
+    return None if text is None else _BARE_USERINFO.sub("***@", _USERINFO.sub(r"\1***@", str(text)))
+
+
 def push_summary(gateway: str, job_name: str, registry) -> None:
     """PUT the summary to the Pushgateway under job=<job_name> (replacing that group's previous push)."""
     from prometheus_client import push_to_gateway
 
     push_to_gateway(gateway, job=job_name, registry=registry, timeout=30)
-    log.info("pushed the job summary to the Pushgateway %s (job=%s)", gateway, job_name)
+    log.info("pushed the job summary to the Pushgateway %s (job=%s)", redact(gateway), job_name)
 

@@ -18,6 +18,7 @@ beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch liv
 """
 
 import logging
+import os
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -66,11 +67,45 @@ class ModelSpec:
         return ["id", *self.config.modality_names, "label", "event_time"]
 
     def max_row_bytes(self) -> int:
-        """The most bytes a valid record can take in a file (float64 values, every modality at max_len, plus 1 MiB
-        for id, levels and the rest), never under the message limit: row groups whose rows average more are not
-        read (oversized_row_group)."""
+        """The most a valid record can weigh by sources.decoded_bytes (float64 values, every modality at max_len,
+        counted decoded and encoded, plus 1 MiB for id, levels and the rest), never under the message limit: row
+        groups whose rows average more are not read (oversized_row_group)."""
         values = sum(m.max_len * m.dim * 8 for m in self.config.modalities)
-        return max(MAX_MESSAGE_BYTES, values + (1 << 20))
+        return max(MAX_MESSAGE_BYTES, 2 * values + (1 << 20))
+
+
+def verify_weights(path: str, chunk: int = 8 << 20) -> str:
+    """Check, before the job starts, that the served weights are the ones the checkpoint recorded: model.safetensors
+    exists, is within emmr.checkpoint's size limit and has the recorded SHA-256 (streamed; nothing is loaded, nothing
+    unpickled). Returns the digest; raises CheckpointError naming the file and what is wrong. Workers check the
+    hash again when they load the model (emmr.checkpoint.load)."""
+    import hashlib
+
+    from apache_beam.io.filesystems import FileSystems
+
+    meta = checkpoint.read_meta(path)
+    name = checkpoint.MODEL_FILE
+    file = path.rstrip("/") + "/" + name if "://" in path else os.path.join(path, name)
+    recorded = (meta.get("files") or {}).get(name)
+    if not isinstance(recorded, str):
+        raise checkpoint.CheckpointError(f"{path}: {checkpoint.META_FILE} records no SHA-256 for {name}")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with FileSystems.open(file, compression_type="uncompressed") as f:
+            while block := f.read(chunk):
+                size += len(block)
+                if size > checkpoint.MAX_WEIGHTS_BYTES:
+                    raise checkpoint.CheckpointError(f"{file} is larger than the limit of "
+                                                     f"{checkpoint.MAX_WEIGHTS_BYTES} bytes")
+                digest.update(block)
+    except checkpoint.CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - missing, unreadable: the same error to the caller
+        raise checkpoint.CheckpointError(f"cannot read {file}: {e}") from e
+    if digest.hexdigest() != recorded:
+        raise checkpoint.CheckpointError(f"{file}: SHA-256 {digest.hexdigest()[:12]}... does not match the recorded "
+                                         f"{recorded[:12]}...; the file is corrupt or was replaced")
+    return recorded
 
 
 def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
@@ -84,6 +119,7 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
     config = check_options(options)
     try:
         spec = ModelSpec.read(config.model)
+        verify_weights(config.model)
     except checkpoint.CheckpointError as e:
         raise OptionsError([f"--model {config.model!r}: {e}"]) from e
     if config.input:

@@ -104,8 +104,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
         options.view_as(SetupOptions).save_main_session = True
     config, model = prepare(options)
-    log.info("%s job %s: model %s (version %s) on %s; outputs %s", config.mode, config.job_name, config.model,
-             model.version, config.device, config.outputs())
+    log.info("%s job %s: model %s (version %s) on %s; outputs %s", config.mode, config.job_name,
+             metrics.redact(config.model), model.version, config.device,
+             {k: metrics.redact(v) for k, v in config.outputs().items()})
     started = time.time()
     p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     build_pipeline(p, config, model)
@@ -137,7 +138,8 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         try:
             metrics.push_summary(config.pushgateway, config.job_name, metrics.summary_registry(snapshot, seconds, known))
         except OSError as e:
-            log.error("could not push the job summary to the Pushgateway %s: %s", config.pushgateway, e)
+            log.error("could not push the job summary to the Pushgateway %s: %s", metrics.redact(config.pushgateway),
+                      metrics.redact(str(e)))
     return summary
 
 
@@ -166,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except OptionsError as e:
         log.error("%s", e)
         return 2
+    except Exception as e:  # noqa: BLE001 - the job failed (e.g. a worker could not load the model): say why, exit 1
+        log.error("the job failed: %s: %s", type(e).__name__, e)
+        return 1
     if not isinstance(out, JobSummary):  # streaming: runs until cancelled or killed
         out.wait_until_finish()
         return 0

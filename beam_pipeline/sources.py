@@ -7,9 +7,9 @@ zero-copy) with what dead letters and bounded memory need:
   and so does a row group that cannot be read (`unreadable_row_group`: a corrupt page, a page whose CRC does not
   match, a layout pyarrow cannot read back), instead of failing the job;
 - a file is never read whole: one row group at a time, and within a row group in slices of about READ_BYTES of
-  decoded records (rows estimated from the footer's uncompressed size of the columns read), through a buffered
-  stream, so that memory per element stays bounded whatever the file or row-group size. A row group small enough
-  (the usual case) is one slice, so duplicate ids are checked across the whole row group;
+  decoded records (bytes per row estimated from the footer: `decoded_bytes`), through a buffered stream, so that
+  memory per element stays bounded whatever the file or row-group size. A row group small enough (the usual
+  case) is one slice, so duplicate ids are checked across the whole row group;
 - a row group whose rows average more than `max_row_bytes` (more than any valid record of the model can take) is
   not read: one `oversized_row_group` element.
 Only the columns the job reads are read (id, the modalities, label, event_time).
@@ -31,6 +31,22 @@ READ_BUFFER_BYTES = 8 << 20  # pages are read through a buffer of this size, not
 DEFAULT_MAX_ROW_BYTES = 4 << 20
 
 
+# Bytes per value once decoded, by Parquet physical type (BYTE_ARRAY: its offset; the bytes count in the encoded size).
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "INT64": 8, "INT96": 12, "FLOAT": 4, "DOUBLE": 8, "BYTE_ARRAY": 4,
+          "FIXED_LEN_BYTE_ARRAY": 16}
+
+
+def decoded_bytes(rg: pq.RowGroupMetaData, leaves: list[int]) -> int:
+    """An upper estimate of a row group's size once decoded to Arrow, from its footer: every leaf value at its
+    width, plus the encoded size (levels, strings). The encoded size alone is no bound: dictionary and run-length
+    encodings make a column of repeated values tiny in the file and large in memory."""
+    total = 0
+    for j in leaves:
+        c = rg.column(j)
+        total += max(c.num_values, 0) * _WIDTH.get(c.physical_type, 8) + max(c.total_uncompressed_size, 0)
+    return total
+
+
 def _leaves(pf: pq.ParquetFile, columns: list[str] | None) -> list[int]:
     """Indexes of the Parquet leaf columns under the top-level columns read (all when None)."""
     schema = pf.metadata.schema
@@ -46,12 +62,12 @@ def row_group_chunks(pf: pq.ParquetFile, path: str, index: int, first_row: int, 
     rows = rg.num_rows
     if rows <= 0:
         return
-    nbytes = sum(rg.column(j).total_uncompressed_size for j in _leaves(pf, columns))
-    per_row = nbytes / rows
+    per_row = decoded_bytes(rg, _leaves(pf, columns)) / rows
     where = f"row group {index} (rows {first_row}..{first_row + rows - 1})"
     if per_row > max_row_bytes:
-        yield ParquetChunk(path, first_row, None, f"{where}: {per_row:.0f} bytes per row on average (footer), over "
-                           f"the limit {max_row_bytes}; not read", kind=OVERSIZED_ROW_GROUP, rows=rows)
+        yield ParquetChunk(path, first_row, None, f"{where}: {per_row:.0f} bytes per row on average once decoded "
+                           f"(from the footer), over the limit {max_row_bytes}; not read", kind=OVERSIZED_ROW_GROUP,
+                           rows=rows)
         return
     slice_rows = max(1, min(rows, int((read_bytes or READ_BYTES) // max(per_row, 1.0))))
     done = 0
