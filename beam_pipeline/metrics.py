@@ -63,8 +63,9 @@ RECORDS = MetricDef(
     ("outcome",))
 DEAD_LETTERS = MetricDef(
     "emmr_dead_letters_total", COUNTER,
-    "Dead letters by reason: a validation or message error kind (schemas/README.md), unreadable_file, "
-    "inference_error or non_finite_output.", ("reason",))
+    "Dead letters by reason: a validation or message error kind (schemas/README.md), or the job's own: "
+    "unreadable_file, unreadable_row_group, oversized_row_group, invalid_utf8, event_time_out_of_range, decode_error, "
+    "inference_error, non_finite_output (beam_pipeline/dead_letters.py).", ("reason",))
 PREDICTIONS = MetricDef("emmr_predictions_total", COUNTER, "Predictions by predicted label.", ("label",))
 MISSING = MetricDef(
     "emmr_missing_modalities_total", COUNTER,

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.ml.inference.base import RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import trigger, util, window
 
 from beam_pipeline import acks, dead_letters, metrics, outputs

@@ -19,11 +19,9 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -39,7 +37,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import acks, metrics
 from beam_pipeline.handler import EMMRModelHandler, LoadedModel
-from beam_pipeline.options import OptionsError, ScoringOptions, check_options
+from beam_pipeline.options import ScoringOptions, check_options
 from beam_pipeline.pipeline import build_pipeline, prepare
 from beam_pipeline.run import main, run
 from beam_pipeline.sources import row_group_chunks
@@ -48,7 +46,7 @@ from emmr.scorer import Scores
 from schemas.message import encode_record
 from servers import free_port, http_get
 from test_bad_inputs import record, table
-from test_pipeline import TINY, tiny_model  # noqa: F401 - the session fixture: a model with hand-set weights
+from test_pipeline import tiny_model  # noqa: F401 - the session fixture: a model with hand-set weights
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = "--runner=DirectRunner"
