@@ -208,6 +208,14 @@ class Leases:
         self._stop.set()
 
 
+def max_in_flight(config) -> int:
+    """How many messages a job may hold unacknowledged: a few batches; and, when predictions or dead letters go to
+    streaming Parquet files (acknowledged only when the file is written, every --window_s), room for 100 messages a
+    second over a window, so that the window does not throttle the job."""
+    files = bool(config.output) or not config.dead_letter_is_topic
+    return max(1000, 4 * config.batch_size) + (int(100 * config.window_s) if files else 0)
+
+
 _lock = threading.Lock()
 _leases: dict[str, Leases] = {}
 _original_read = None

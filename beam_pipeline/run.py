@@ -117,7 +117,7 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
             metrics.Recorder().declare(metrics.known_series(model.config.modality_names, model.config.label_names))
     if config.acks_after_output:  # the DirectRunner acknowledges on pull: acknowledge after output instead
         acks.install()
-        acks.hold(config.input_subscription, max_in_flight=max(1000, 4 * config.batch_size))
+        acks.hold(config.input_subscription, max_in_flight=acks.max_in_flight(config))
     result = p.run()
     if config.streaming:
         return result
