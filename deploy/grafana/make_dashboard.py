@@ -107,8 +107,9 @@ def panels() -> list[dict]:
 
         row("Dead letters"),
         panel("timeseries", "Dead letters by reason (streaming)",
-              "Dead letters per second by reason: validation and message error kinds, unreadable_file, "
-              "inference_error, non_finite_output (schemas/README.md).",
+              "Dead letters per second by reason: validation and message error kinds (schemas/README.md) and the "
+              "job's own: unreadable_file, unreadable_row_group, oversized_row_group, invalid_utf8, "
+              "event_time_out_of_range, decode_error, inference_error, non_finite_output (README, Scoring job).",
               [target(f"sum by (job, reason) (rate(emmr_dead_letters_total{{{S}}}[{RATE}]))", "{{job}} {{reason}}")],
               unit="cps", w=8),
         panel("bargauge", "Dead letters by reason (last batch run)", "Dead letters of each batch job's last run by reason.",
