@@ -60,16 +60,3 @@ class ScoringBatch:
             source=self.source,
             rows=None if self.rows is None else self.rows[index],
         )
-
-
-def concat_records(batches: list[ModalityBatch]) -> ModalityBatch:
-    """Several ModalityBatches of the same modalities as one (features are padded to the same max_len)."""
-    if len(batches) == 1:
-        return batches[0]
-    names = batches[0].names
-    return ModalityBatch(
-        ids=np.concatenate([b.ids for b in batches]),
-        features={n: np.concatenate([b.features[n] for b in batches]) for n in names},
-        lengths={n: np.concatenate([b.lengths[n] for b in batches]) for n in names},
-        labels=np.concatenate([b.labels for b in batches]),
-    )

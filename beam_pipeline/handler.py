@@ -29,8 +29,8 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_pipeline import metrics
 from beam_pipeline.dead_letters import INFERENCE_ERROR, NON_FINITE_OUTPUT
-from beam_pipeline.elements import ScoringBatch, concat_records
-from emmr.batch import ModalityBatch
+from beam_pipeline.elements import ScoringBatch
+from emmr.batch import ModalityBatch, concat_batches
 from emmr.scorer import Scorer, Scores
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         scoring = [e for e in elements if len(e)]
         if not scoring:
             return [ScoredBatch(e, _empty_scores(0, len(info.label_names)), {}, info) for e in elements]
-        records = concat_records([e.records for e in scoring])
+        records = concat_batches([e.records for e in scoring])
         started = self._clock.perf_counter()
         outcome = score_robustly(model, records, len(info.label_names))
         rec.observe(metrics.INFERENCE_LATENCY, self._clock.perf_counter() - started)
