@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from emmr import synth
 from emmr.config import preset
 
 pytest_plugins = ["servers"]  # real test servers: tests/servers.py
+
+# CI explores the same examples every run (a red CI means a change broke something, not a new random draw);
+# developers' runs keep exploring new ones and remember failures in .hypothesis/.
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
