@@ -1,6 +1,6 @@
 """`build_pipeline(p, config, model)`: adds the scoring job's steps to a pipeline it is given.
 
-    batch:      ReadParquetChunks -> DecodeChunks -> Reshuffle --------+
+    batch:      ReadParquetChunks -> DecodeChunks -> Reshuffle* -------+
     streaming:  ReadMessages      -> DecodeMessages -------------------+
                                         | dead letters                 | ScoringBatch (numpy, ids inside)
                                         |                     RunInference(EMMRModelHandler).with_exception_handling()
@@ -12,6 +12,8 @@
     predictions -> WriteToParquetBatched (--output) and/or JSON -> WriteToPubSub (--output_topic)
     dead letters -> WriteToParquetBatched, or JSON -> WriteToPubSub (--dead_letter as a topic)
     (streaming Parquet: one file per worker every --window_s seconds, see WriteTables)
+
+* remote runners only (Dataflow); in-process runners have one worker and go without.
 
 Every record leaves as exactly one prediction or one dead letter (conservation, counted by the metrics of
 beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch lives inside the handler.
@@ -408,9 +410,11 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
                                                max_row_bytes=model.max_row_bytes())
                    | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_outputs(DEAD, main="records"))
     records = decoded.records
-    if not config.streaming:
+    if not config.streaming and not runs_in_process(p.options):
         # A row group is read and decoded by one worker; redistribute its record batches so that a file of few,
         # large row groups still spreads over every worker's model (a fusion break; numpy pickles cheaply).
+        # In-process runners have one worker to spread over, and their Reshuffle holds the whole decoded input
+        # in memory (benchmarks/memory.py), so they go without.
         records = records | "Spread" >> beam.Reshuffle()
     handler = handler or make_handler(config, model)
     scored, failed = records | "Score" >> RunInference(handler).with_exception_handling()
