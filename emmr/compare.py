@@ -9,6 +9,8 @@ import logging
 import os
 from dataclasses import replace
 
+import torch
+
 from emmr import checkpoint
 from emmr.batch import ModalityBatch
 from emmr.config import ModelConfig
@@ -37,7 +39,7 @@ def compare(train: ModalityBatch, val: ModalityBatch | None, test: ModalityBatch
                 path = os.path.join(out_dir, "checkpoints", f"{method}-seed{seed}")
                 meta["model_version"] = checkpoint.save(path, result.model, method=method, train_config=t_cfg.__dict__,
                                                         metrics=result.metrics, data_fingerprint={}, teacher=teacher)
-            scorer = Scorer(result.model, meta, result.model.heads.full[0].weight.device)
+            scorer = Scorer(result.model, meta, torch.device(t_cfg.device))
             res = evaluate(scorer, test, test_table, rates=rates, seeds=[seed])
             runs[method] += res["runs"]
             at = res["by_rate"][f"{max(rates):g}"]

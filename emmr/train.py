@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -214,11 +214,3 @@ def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cf
     metrics = {"validation": best, "teacher_validation": teacher_best, "train_records": len(train),
                "validation_records": len(val)}
     return TrainResult(model=model, teacher=teacher, metrics=metrics, history=history)
-
-
-def describe(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
-
-
-def with_overrides(cfg: TrainConfig, **changes) -> TrainConfig:
-    return replace(cfg, **{k: v for k, v in changes.items() if v is not None})
