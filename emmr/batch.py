@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.arrow import modality_type
 from schemas.modality import ModalitySpec
 from schemas.validate import frame_rows, list_lengths, validate_input
 
@@ -128,8 +129,6 @@ def load_records(path: str, modalities: tuple[ModalitySpec, ...], num_classes: i
 
 def modality_array(features: np.ndarray, lengths: np.ndarray, spec: ModalitySpec) -> pa.Array:
     """The inverse of `pad_modality`: (n, L, dim) + lengths -> list<fixed_size_list<float32>[dim]>, null where 0."""
-    from schemas.arrow import modality_type
-
     lengths = np.asarray(lengths, dtype=np.int64)
     valid = np.arange(features.shape[1])[None, :] < lengths[:, None]  # (n, L)
     flat = np.ascontiguousarray(features[valid], dtype=np.float32).reshape(-1)  # (frames * dim,)
