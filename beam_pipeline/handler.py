@@ -10,10 +10,13 @@ weighs elements by their record count and groups small ones up to --batch_size (
 streaming each element holds one record, and batches close at --batch_size records or after
 --batch_duration_s seconds.
 
-A failure never takes its batch neighbours with it: when the model raises on a batch, the batch is bisected
-until only the records that fail on their own remain; they come back as `failures` (-> dead letters of kind
-inference_error), as do records whose probabilities are not finite (non_finite_output). Anything that still
-escapes goes to RunInference's exception output, which the pipeline turns into dead letters for the batch.
+A failure never takes its batch neighbours with it: when the model raises on a batch something records can cause
+(beam_pipeline/faults.py), the batch is bisected until only the records that fail on their own remain; they come
+back as `failures` (-> dead letters of kind inference_error), as do records whose probabilities are not finite
+(non_finite_output). A record-caused error outside the model call is raised as `BatchFailed`, which RunInference's
+exception output takes and the pipeline turns into dead letters for the batch. Infrastructure faults (a broken CUDA
+context, a driver mismatch, host memory, the disk) are re-raised as they are: the bundle fails and the runner
+retries it, instead of the job dead-lettering its whole input.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_pipeline import metrics
 from beam_pipeline.dead_letters import INFERENCE_ERROR, NON_FINITE_OUTPUT
+from beam_pipeline.faults import BatchFailed, caused_by_records
 from beam_pipeline.elements import ScoringBatch
 from emmr.batch import ModalityBatch, concat_batches
 from emmr.scorer import Scorer, Scores
@@ -106,13 +110,18 @@ def _slice(s: Scores, start: int, stop: int) -> Scores:
 
 
 def score_robustly(model: LoadedModel, records: ModalityBatch, classes: int) -> _Outcome:
-    """Score a batch; on an exception, bisect so that only records failing on their own are reported."""
+    """Score a batch; on an exception records can cause, bisect so that only records failing on their own are
+    reported. Any other exception (infrastructure: beam_pipeline/faults.py) is re-raised: the bundle fails."""
     try:
         scores = model.score(records)
         if len(scores.probabilities) != len(records):
             raise RuntimeError(f"the model returned {len(scores.probabilities)} rows for {len(records)} records")
         out = _Outcome(scores)
-    except Exception as e:  # noqa: BLE001 - any model failure is isolated to the records that cause it
+    except Exception as e:
+        if not caused_by_records(e):
+            log.error("inference failed on a batch of %d records with an infrastructure fault (%r): failing the "
+                      "bundle so that the runner retries it", len(records), e)
+            raise
         if len(records) == 1:
             return _Outcome(_empty_scores(1, classes), {0: (INFERENCE_ERROR, f"the model raised {e!r}")})
         log.warning("inference failed on a batch of %d records (%r); bisecting", len(records), e)
@@ -178,7 +187,20 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
 
     def run_inference(self, batch: Sequence[ScoringBatch], model: LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[ScoredBatch]:
-        elements = list(batch)
+        """RunInference's hook: score_elements, with failures sorted (beam_pipeline/faults.py): a record-caused error
+        that escapes it becomes BatchFailed (RunInference's exception output: dead letters for the batch); anything
+        else propagates and fails the bundle."""
+        try:
+            return self.score_elements(list(batch), model)
+        except BatchFailed:
+            raise
+        except Exception as e:
+            if caused_by_records(e):
+                raise BatchFailed(f"{type(e).__name__}: {e}") from e
+            raise
+
+    def score_elements(self, elements: list[ScoringBatch], model: LoadedModel) -> list[ScoredBatch]:
+        """Concatenate the elements' records, score them (score_robustly), split the scores back per element."""
         if self._info is None:  # the model was loaded by another handler instance, or another process (shared)
             self._info = model.info()
         info = self._info

@@ -36,6 +36,7 @@ from beam_pipeline.acks import AckAfter
 from beam_pipeline.decode import Decoder, decode_chunk_safely, decode_message_safely
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.elements import ParquetChunk, ScoringBatch
+from beam_pipeline.faults import BatchFailed
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
 from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
@@ -240,7 +241,8 @@ class FormatPredictions(_Metered):
 
 
 class InferenceFailures(beam.DoFn):
-    """RunInference's exception output (batch, (type, repr, traceback)) -> dead letters for every record in it."""
+    """RunInference's exception output (batch, (type, repr, traceback)) -> dead letters for every record in it. Only
+    BatchFailed gets there: what records can cause (beam_pipeline/faults.py)."""
 
     def __init__(self, modalities):
         self._modalities = modalities
@@ -417,7 +419,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
         # in memory (benchmarks/memory.py), so they go without.
         records = records | "Spread" >> beam.Reshuffle()
     handler = handler or make_handler(config, model)
-    scored, failed = records | "Score" >> RunInference(handler).with_exception_handling()
+    # Only failures records can cause reach the exception output (BatchFailed, beam_pipeline/faults.py); an
+    # infrastructure fault fails the bundle, and the runner retries it.
+    scored, failed = records | "Score" >> RunInference(handler).with_exception_handling(exc_class=BatchFailed)
     formatted = scored | "Format" >> beam.ParDo(
         FormatPredictions(modalities, sources=ack_predictions is not None, **served)).with_outputs(DEAD, main="tables")
     failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))

@@ -324,11 +324,16 @@ def test_handler_batching_and_sharing_are_configurable():
 
 
 class PoisonedModel(LoadedModel):
-    """The real loaded model, made to raise on any batch that holds a record with a poisoned id."""
+    """The real loaded model, made to raise on any batch that holds a record with a poisoned id (an error a record
+    can cause: an index a value selects), or to fail like the machine does on any batch with a `broken-` record."""
+
+    fault: BaseException = RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
 
     def score(self, records: ModalityBatch) -> Scores:
         if any(str(i).startswith("poison") for i in records.ids):
-            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+            raise IndexError("index 9 is out of bounds for dimension 0 with size 3 (injected)")
+        if any(str(i).startswith("broken") for i in records.ids):
+            raise self.fault
         return super().score(records)
 
 
@@ -345,6 +350,70 @@ def test_a_failing_record_does_not_fail_its_neighbours(tiny_model):
     keep = np.arange(len(ids)) != 7
     np.testing.assert_allclose(outcome.scores.probabilities[keep], clean.probabilities[keep], rtol=1e-6)
     np.testing.assert_array_equal(outcome.scores.label_index[keep], clean.label_index[keep])
+
+
+INFRASTRUCTURE_FAULTS = {
+    "cuda_illegal_access": RuntimeError("CUDA error: an illegal memory access was encountered"),
+    "device_side_assert": RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA"),
+    "accelerator_error": torch.AcceleratorError("unspecified launch failure"),
+    "cublas": RuntimeError("CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasSgemm( handle, opa, ...)`"),
+    "driver_mismatch": RuntimeError("The NVIDIA driver on your system is too old (found version 11040)."
+                                    " Please update your GPU driver; driver version 12.4 is needed"),
+    "not_built_for_device": NotImplementedError("Could not run 'aten::empty_strided' with arguments from the 'CUDA' backend"),
+    "host_memory": MemoryError(),
+    "disk": OSError(28, "No space left on device"),
+    "missing_module": ModuleNotFoundError("No module named 'triton'"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(INFRASTRUCTURE_FAULTS))
+def test_an_infrastructure_fault_fails_the_bundle_instead_of_dead_lettering_records(tiny_model, fault):
+    """A broken CUDA context or driver says nothing about the records: bisecting would dead-letter the whole input.
+    The error propagates (the runner fails the bundle and retries it), out of score_robustly and out of the
+    handler past RunInference's exception output (which takes BatchFailed only)."""
+    from beam_pipeline.faults import BatchFailed, caused_by_records
+
+    error = INFRASTRUCTURE_FAULTS[fault]
+    assert not caused_by_records(error)
+    scorer = Scorer.load(tiny_model)
+    t = tiny_records(CASES)
+    t = t.set_column(0, t.schema.field("id"), pa.array(["r0", "broken-1", "r2", "r3", "r4"]))
+    poisoned = PoisonedModel(scorer, "cpu")
+    poisoned.fault = error
+    with pytest.raises(type(error)) as raised:
+        score_robustly(poisoned, from_arrow(t, TINY.modalities), 3)
+    assert raised.value is error
+    handler = EMMRModelHandler(tiny_model, batch_size=8)
+    handler.load_model()
+    with pytest.raises(type(error)) as raised:
+        handler.run_inference([as_batch(t)], poisoned)
+    assert raised.value is error and not isinstance(raised.value, BatchFailed)
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x7 and 5x3)"),
+    RuntimeError("the model returned 3 rows for 4 records"), IndexError("index 9 is out of bounds"),
+    ValueError("cannot reshape array"), FloatingPointError("overflow"), KeyError("a"),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), torch.OutOfMemoryError("CUDA out of memory."),
+])
+def test_errors_records_can_cause_are_split_not_raised(error):
+    """What a record can cause (or a smaller batch cures: accelerator memory) is bisected and dead-lettered."""
+    from beam_pipeline.faults import caused_by_records
+
+    assert caused_by_records(error)
+
+
+def test_a_record_caused_error_outside_the_model_call_becomes_batch_failed(tiny_model):
+    """Escaping score_elements, an error records can cause goes to RunInference's exception output (BatchFailed)."""
+    from beam_pipeline.faults import BatchFailed
+
+    class Broken(EMMRModelHandler):
+        def score_elements(self, elements, model):
+            raise ValueError("a padded shape does not match (injected)")
+
+    handler = Broken(tiny_model)
+    with pytest.raises(BatchFailed, match="ValueError: a padded shape does not match"):
+        handler.run_inference([as_batch(tiny_records(CASES))], handler.load_model())
 
 
 def test_non_finite_outputs_become_failures(tiny_model):

@@ -133,12 +133,13 @@ def test_run_writes_prediction_and_dead_letter_parquet_and_reports_the_counts(in
 
 
 class FailingHandler(EMMRModelHandler):
-    """The real handler, made to raise out of run_inference for any batch holding the record "bad-duplicate"."""
+    """The real handler, made to raise outside the model call, with an error records can cause, for any batch
+    holding the record "bad-duplicate" (RunInference's exception output takes the batch)."""
 
-    def run_inference(self, batch, model, inference_args=None):
-        if any("bad-duplicate" in e.ids.tolist() for e in batch):
-            raise RuntimeError("worker lost its GPU (injected)")
-        return super().run_inference(batch, model, inference_args)
+    def score_elements(self, elements, model):
+        if any("bad-duplicate" in e.ids.tolist() for e in elements):
+            raise ValueError("a padded shape does not match (injected)")
+        return super().score_elements(elements, model)
 
 
 def test_an_exception_out_of_inference_dead_letters_its_whole_batch_and_nothing_else(inputs, tmp_path):

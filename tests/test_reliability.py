@@ -162,15 +162,18 @@ def test_a_model_corrupted_after_launch_fails_the_job_when_workers_load_it(tiny_
 class FaultyModel(LoadedModel):
     """The real tiny model, with faults by record id: `raise-*` always raises (a record the model cannot take);
     `flaky-*` raises in any batch of more than one record (e.g. out of memory on big batches); `nan-*` comes back
-    with NaN probabilities; `short-*` makes the model return one row too few."""
+    with NaN probabilities; `short-*` makes the model return one row too few; `gpu-*` fails like a broken CUDA
+    context (infrastructure: the bundle fails)."""
 
     calls = 0
 
     def score(self, records):
         FaultyModel.calls += 1
         ids = [str(i) for i in records.ids]
+        if any(i.startswith("gpu-") for i in ids):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
         if any(i.startswith("raise-") for i in ids):
-            raise RuntimeError("CUDA error: device-side assert triggered (injected)")
+            raise RuntimeError("index 9 is out of bounds for dimension 0 with size 3 (injected)")
         if len(ids) > 1 and any(i.startswith("flaky-") for i in ids):
             raise RuntimeError("CUDA out of memory (injected)")
         s = super().score(records)
@@ -221,13 +224,13 @@ def test_exceptions_in_inference_dead_letter_only_the_failing_records_and_retry_
 
 
 class CrashingHandler(EMMRModelHandler):
-    """run_inference itself raises (outside the model) for a batch holding "crash-1": RunInference's exception
-    output takes the whole batch."""
+    """Scoring raises outside the model call for a batch holding "crash-1", with an error records can cause:
+    RunInference's exception output takes the whole batch (BatchFailed)."""
 
-    def run_inference(self, batch, model, inference_args=None):
-        if any("crash-1" in e.ids.tolist() for e in batch):
-            raise MemoryError("host out of memory (injected)")
-        return super().run_inference(batch, model, inference_args)
+    def score_elements(self, elements, model):
+        if any("crash-1" in e.ids.tolist() for e in elements):
+            raise ValueError("a padded shape does not match (injected)")
+        return super().score_elements(elements, model)
 
 
 def test_an_exception_out_of_run_inference_dead_letters_its_batch_and_nothing_is_lost(tiny_model, tmp_path):  # noqa: F811
@@ -241,6 +244,29 @@ def test_an_exception_out_of_run_inference_dead_letters_its_batch_and_nothing_is
         assert all(d["error_kind"] == "inference_error" and "injected" in d["error"] for d in letters)
 
     _faulty_run(tiny_model, tmp_path, ids, CrashingHandler, predictions, dead)
+
+
+@pytest.mark.parametrize("where", ["model", "handler"])
+def test_an_infrastructure_fault_fails_the_job_instead_of_dead_lettering_its_input(tiny_model, tmp_path, where):  # noqa: F811
+    """A broken CUDA context (in the model call, or host memory outside it) fails the bundle: Dataflow retries it;
+    the DirectRunner, which does not retry, fails the job. No record becomes a dead letter for it."""
+
+    class HostOutOfMemory(EMMRModelHandler):
+        def score_elements(self, elements, model):
+            if any("gpu-1" in e.ids.tolist() for e in elements):
+                raise MemoryError("host out of memory (injected)")
+            return super().score_elements(elements, model)
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(table([record(i) for i in ["ok-1", "gpu-1", "ok-2"]]), folder / "part.parquet")
+    config, spec = prepare(ScoringOptions(batch_argv(tiny_model, folder, tmp_path / "out")))
+    handler = (FaultyHandler if where == "model" else HostOutOfMemory)(spec.path, batch_size=config.batch_size)
+    with pytest.raises(Exception, match="injected") as raised:
+        with beam_testing.TestPipeline(options=PipelineOptions([RUNNER])) as p:
+            build_pipeline(p, config, spec, handler=handler)
+    assert ("illegal memory access" if where == "model" else "host out of memory") in str(raised.value)
+    assert not list(tmp_path.glob("out/dead*"))  # nothing was dead-lettered
 
 
 def test_a_failed_job_exits_1_saying_why(tiny_model, data, tmp_path, caplog, monkeypatch):  # noqa: F811
