@@ -19,14 +19,16 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from beam_pipeline.flags import help_text
 
-from beam_pipeline import acks, metrics
-from beam_pipeline.options import JobConfig, OptionsError, ScoringOptions
-from beam_pipeline.pipeline import ModelSpec, build_pipeline, prepare
+if TYPE_CHECKING:  # Beam and torch load when a job is built, not for `emmr-score --help`
+    import apache_beam as beam
+
+    from beam_pipeline import metrics
+    from beam_pipeline.options import JobConfig
+    from beam_pipeline.pipeline import ModelSpec
 
 log = logging.getLogger("beam_pipeline")
 
@@ -55,6 +57,8 @@ class JobSummary:
     @classmethod
     def from_snapshot(cls, state: str, s: metrics.Snapshot, seconds: float, config: JobConfig,
                       model: ModelSpec) -> "JobSummary":
+        from beam_pipeline import metrics
+
         labels, modalities = model.config.label_names, model.config.modality_names
         versions = [metrics.parse_series(k)[1].get("version") for k in s.gauges
                     if metrics.parse_series(k)[0] == metrics.MODEL_INFO.name]
@@ -98,6 +102,13 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
     With `test_pipeline` (a TestPipeline), the job is built on it and run with its options; `argv` still
     describes the job."""
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline import acks, metrics
+    from beam_pipeline.pipeline import build_pipeline, prepare
+
     options = PipelineOptions(argv)
     if save_main_session:
         from apache_beam.options.pipeline_options import SetupOptions
@@ -143,17 +154,6 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     return summary
 
 
-def help_text() -> str:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="emmr-score", description="Score input v1 records with an EMMR checkpoint, as an Apache Beam job. Beam's "
-        "own options (--runner, --job_name, --streaming, Dataflow's --project/--region/...) are accepted too.",
-        epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ScoringOptions._add_argparse_args(parser)
-    return parser.format_help()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point. Batch: prints the summary; exit status 0 when the job succeeded and its counts add
     up, 1 otherwise. Streaming: runs until cancelled. Bad options or model: 2."""
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # the job's own progress is logged at INFO
+    from beam_pipeline.options import OptionsError
+
     try:
         out = run(argv)
     except OptionsError as e:

@@ -56,6 +56,16 @@ def _read(path: str, limit: int) -> bytes:
     return data
 
 
+def exists(path: str) -> bool:
+    """Whether `path` holds (part of) a checkpoint: checkpoint.json or a weights file."""
+    files = [_join(path, name) for name in (META_FILE, MODEL_FILE, TEACHER_FILE)]
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        return any(FileSystems.exists(f) for f in files)
+    return any(os.path.exists(f) for f in files)
+
+
 def _write(path: str, data: bytes) -> None:
     if "://" in path:
         from apache_beam.io.filesystems import FileSystems

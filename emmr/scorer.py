@@ -27,11 +27,18 @@ class Scores:
     ensemble_used: np.ndarray  # (B,) bool
 
 
+class DeviceError(RuntimeError):
+    """The device asked for is not there (cuda without a GPU); never answered by a silent CPU fallback."""
+
+
 def resolve_device(name: str) -> torch.device:
     """The device asked for, or an error: a job asked to run on a GPU never falls back to the CPU silently."""
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:  # torch's own message: "Expected one of cpu, cuda, ... device type at start of ..."
+        raise ValueError(f"device {name!r}: expected cpu, cuda or cuda:N ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for, but torch sees no CUDA device (torch {torch.__version__})")
+        raise DeviceError(f"device {name!r} was asked for, but torch sees no CUDA device (torch {torch.__version__})")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda[:N], got {name!r}")
     return device

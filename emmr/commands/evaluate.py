@@ -11,16 +11,16 @@ import argparse
 import logging
 import os
 
-from emmr.commands.options import add_protocol_arguments, parse_rates
+from emmr.commands.options import add_protocol_arguments, check_output_folder, parse_rates
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (local or gs://)")
-    p.add_argument("--data", required=True, help="folder (or glob) of labelled input v1 Parquet")
+    p.add_argument("--data", required=True, help="folder (searched recursively), glob or file of labelled input v1 Parquet")
     p.add_argument("--out", required=True, help="folder for metrics.json, tables and plots")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; cuda without a GPU is an error (default cpu)")
     add_protocol_arguments(p)
 
 
@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from emmr.report import write_all
     from emmr.scorer import Scorer
 
+    check_output_folder(args.out, "--out")
+    rates = parse_rates(args.missing_rates)
     scorer = Scorer.load(args.checkpoint, args.device)
     batch, table = load_records(args.data, scorer.config.modalities, scorer.config.num_classes)
-    rates = parse_rates(args.missing_rates)
     result = evaluate(scorer, batch, table, rates=rates, seeds=range(args.seeds))
     method = scorer.meta.get("method", "model")
     paths = write_all({method: result}, args.out, f"Evaluation of {method} ({scorer.version}) on {args.data}",

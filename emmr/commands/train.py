@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+from emmr.commands.options import PRESET_HELP, add_training_arguments, check_output_folder
 from emmr.config import PRESETS
 from emmr.methods import METHODS
 
@@ -19,22 +20,17 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="folder (or glob) of input v1 Parquet with labels")
-    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument("--data", required=True, help="folder (searched recursively), glob or file of input v1 Parquet with labels")
+    p.add_argument("--out", required=True, help="checkpoint directory to write; an existing checkpoint is kept unless --force")
+    p.add_argument("--force", action="store_true", help="overwrite the checkpoint at --out if there is one")
     p.add_argument("--val", help="validation folder; without it a split is carved from --data by seed")
-    p.add_argument("--config", help="YAML with `model:` and `train:` sections")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--config", help="YAML with `model:` and `train:` sections (any field of ModelConfig, TrainConfig)")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help=PRESET_HELP)
     p.add_argument("--method", choices=sorted(METHODS), help="default: emmr (or the YAML's train.method)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--teacher-epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--missing-rate", type=float, help="simulated missing rate in training (default 0.3)")
-    p.add_argument("--patience", type=int)
-    p.add_argument("--device", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_training_arguments(p, ("epochs", "teacher_epochs", "batch_size", "lr", "seed", "missing_rate", "patience",
+                               "device"))
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, usually one per core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,15 +39,21 @@ def run(args: argparse.Namespace) -> int:
     from emmr import checkpoint
     from emmr.batch import load_records
     from emmr.fingerprint import fingerprint
+    from emmr.scorer import resolve_device
     from emmr.settings import resolve
     from emmr.train import split_validation, train_emmr
 
+    check_output_folder(args.out, "--out")
+    if checkpoint.exists(args.out) and not args.force:
+        raise ValueError(f"--out {args.out!r} holds a checkpoint already: pass --force to overwrite it, "
+                         "or choose another folder")
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs, "teacher_epochs": args.teacher_epochs, "batch_size": args.batch_size,
                  "lr": args.lr, "seed": args.seed, "missing_rate": args.missing_rate, "patience": args.patience,
                  "device": args.device}
     model_cfg, train_cfg = resolve(args.preset, args.config, args.method, overrides)
+    resolve_device(train_cfg.device)  # cuda without a GPU fails now, not after the data are loaded
     data, _ = load_records(args.data, model_cfg.modalities, model_cfg.num_classes)
     if args.val:
         train, val = data, load_records(args.val, model_cfg.modalities, model_cfg.num_classes)[0]

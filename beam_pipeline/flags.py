@@ -1,0 +1,81 @@
+"""The scoring job's own flags, as plain argparse (no Beam, no torch): `emmr-score --help` answers at once.
+
+`beam_pipeline.options.ScoringOptions` adds them to Beam's PipelineOptions, so that one argv carries both; the
+flex template's parameters are generated from the same definitions (deploy/make_template_metadata.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]{3,255}$")
+SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]{3,255}$")
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+AUTOCAST = ("none", "bfloat16", "float16")
+DEFAULT_METRICS_PORT = 9464  # streaming workers; the first free port from here up is taken, one per process
+
+
+def parse_bool(text: str | bool) -> bool:
+    """A flag value: true/false (also 1/0, yes/no, any case). A flex template passes every flag as --name=value."""
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+parse_bool.__name__ = "boolean"  # argparse names the type in its error message: "invalid boolean value"
+
+
+def add_scoring_arguments(parser) -> None:
+    """The job's flags, in one argument group of `parser` (argparse or Beam's)."""
+    g = parser.add_argument_group("EMMR scoring")
+    g.add_argument("--input", help="batch: Parquet glob of input record v1, local or gs:// (e.g. data/*.parquet)")
+    g.add_argument("--input_subscription", help="streaming: projects/<p>/subscriptions/<s> of message v1")
+    g.add_argument("--input_topic", help="streaming: projects/<p>/topics/<t> (Beam creates a subscription)")
+    g.add_argument("--output", help="Parquet prefix for prediction v1, local or gs:// (files <prefix>-SSSSS-of-NNNNN.parquet)")
+    g.add_argument("--output_topic", help="streaming: projects/<p>/topics/<t>; one JSON prediction v1 per message")
+    g.add_argument("--dead_letter", help="required: Parquet prefix, or (streaming) a topic projects/<p>/topics/<t>")
+    g.add_argument("--model", help="required: checkpoint directory, local or gs://")
+    g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; cuda without a GPU is an error (default cpu)")
+    g.add_argument("--autocast", default="none", choices=AUTOCAST, help="mixed precision on the device (default none)")
+    g.add_argument("--torch_threads", type=int, default=None, help="torch CPU threads per worker process (default: torch's)")
+    g.add_argument("--batch_size", type=int, default=256, help="maximum records per inference batch (default 256)")
+    g.add_argument("--batch_duration_s", type=float, default=0.5,
+                   help="streaming: longest wait to fill a batch, seconds, at most 10 (default 0.5)")
+    g.add_argument("--window_s", type=float, default=60.0,
+                   help="streaming Parquet outputs: each worker writes a file every this many seconds (default 60)")
+    g.add_argument("--share_model", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false",
+                   help="true: one model per machine shared by its worker processes (large models; see "
+                        "--model_copies); --share_model alone means true (default false)")
+    g.add_argument("--model_copies", type=int, default=None,
+                   help="number of shared model copies per machine (implies --share_model)")
+    g.add_argument("--metrics_port", type=int, default=None,
+                   help=f"serve Prometheus /metrics from each worker process on the first free port from here "
+                        f"(default {DEFAULT_METRICS_PORT} when streaming, off in batch); 0 or -1: off")
+    g.add_argument("--metrics_addr", default="0.0.0.0", help="bind address of /metrics (default 0.0.0.0)")
+    g.add_argument("--pushgateway", default=None,
+                   help="batch: push the job summary to this Pushgateway (host:port or URL), grouping key job=<job name>")
+    g.add_argument("--summary_json", default=None, help="batch: also write the job summary as JSON here (local or gs://)")
+
+
+EXAMPLES = """examples:
+  emmr-score --runner=DirectRunner --input 'data/*.parquet' --model runs/ckpt \\
+      --output out/predictions/part --dead_letter out/dead_letters/part [--pushgateway 127.0.0.1:9091]
+  emmr-score --runner=DirectRunner --streaming --input_subscription projects/P/subscriptions/S \\
+      --model gs://bucket/ckpt --output_topic projects/P/topics/predictions \\
+      --dead_letter projects/P/topics/dead-letters --metrics_port 9464
+"""
+
+
+def help_text() -> str:
+    parser = argparse.ArgumentParser(
+        prog="emmr-score", description="Score input v1 records with an EMMR checkpoint, as an Apache Beam job. Beam's "
+        "own options (--runner, --job_name, --streaming, Dataflow's --project/--region/...) are accepted too; any "
+        "other flag is an error.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_scoring_arguments(parser)
+    return parser.format_help()
