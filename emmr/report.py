@@ -23,12 +23,32 @@ def _cell(stats: dict | None, scale: float = 100.0) -> str:
     return f"{stats['mean'] * scale:.1f} ± {stats['std'] * scale:.1f}"
 
 
+def already_missing_note(results: dict[str, dict]) -> str | None:
+    """A sentence when the data already miss modalities: those records count toward the missing rate, so the rates
+    at or below their share drop nothing more and give the same results. None when nothing is missing already."""
+    by_rate = next(iter(results.values()))["by_rate"]
+    actual = {r: s["missing_fraction"]["mean"] for r, s in by_rate.items() if "missing_fraction" in s}
+    if not actual:
+        return None
+    own = min(actual.values())  # the data's own share: what the smallest rate cannot go below
+    same = [r for r in actual if float(r) <= own + 1e-9]
+    if own <= 0 or not same:
+        return None
+    return (f"The data already miss a modality in {own:.1%} of the records. They count toward the missing rate, so "
+            f"rate{'s' if len(same) > 1 else ''} {', '.join(same)} drop{'' if len(same) > 1 else 's'} nothing more"
+            f"{' and give the same results' if len(same) > 1 else ''}; records missing a modality at each rate: "
+            + ", ".join(f"{r}: {v:.1%}" for r, v in actual.items()) + ".")
+
+
 def markdown(results: dict[str, dict], title: str) -> str:
     """results: method -> evaluate() output. Percentages, mean ± std over seeds."""
     methods = list(results)
     rates = list(next(iter(results.values()))["by_rate"])
     n_seeds = len({r["seed"] for r in next(iter(results.values()))["runs"]})
     lines = [f"# {title}", "", f"Mean ± standard deviation over {n_seeds} seeds, in percent.", ""]
+    note = already_missing_note(results)
+    if note:
+        lines += [note, ""]
     for metric in MAIN_METRICS:
         lines += [f"## {metric.replace('_', ' ')} by missing rate", "",
                   "| method | " + " | ".join(rates) + " |", "| --- |" + " --- |" * len(rates)]
@@ -42,8 +62,6 @@ def markdown(results: dict[str, dict], title: str) -> str:
               "| method | rate | " + " | ".join(FLAG_METRICS) + " |", "| --- | --- |" + " --- |" * len(FLAG_METRICS)]
     for m in methods:
         for r in rates:
-            if r == "0":
-                continue
             stats = results[m]["by_rate"][r]
             lines.append(f"| {m} | {r} | " + " | ".join(_cell(stats.get(k)) for k in FLAG_METRICS) + " |")
     return "\n".join(lines) + "\n"
@@ -60,44 +78,65 @@ def write_csv(results: dict[str, dict], path: str) -> None:
                         w.writerow([m, rate, metric, f"{s['mean']:.6f}", f"{s['std']:.6f}", len(s["values"])])
 
 
-def plot_metric(results: dict[str, dict], metric: str, path: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m, res in results.items():
-        rates = [float(r) for r in res["by_rate"]]
+BASELINES = ("tf", "ae", "mmin")  # EMMR's members alone (emmr/methods.py); the methods named emmr-* are ablations
+MAX_LINES = 5  # more lines than this on one plot are split into EMMR against its members, and the ablations
+
+
+def plot_groups(methods: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(file suffix, title, methods) of each line plot: one plot when there are few methods; else EMMR against its
+    members alone (and any other method), and EMMR against its ablations (emmr-*), each with EMMR for reference."""
+    if len(methods) <= MAX_LINES:
+        return [("", "", list(methods))]
+    ablations = [m for m in methods if m.startswith("emmr-")]
+    others = [m for m in methods if m not in ablations]
+    reference = ["emmr"] if "emmr" in methods else []
+    return [("", "EMMR against its members alone", others),
+            ("_ablations", "EMMR against its ablations", reference + ablations)]
+
+
+def plot_metric(results: dict[str, dict], metric: str, path: str, title: str = "") -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    methods = list(results)
+    step = min(0.006, 0.02 / max(len(methods), 1))  # spread the methods sideways so that error bars stay apart
+    for i, (m, res) in enumerate(results.items()):
+        rates = [float(r) + (i - (len(methods) - 1) / 2) * step for r in res["by_rate"]]
         mean = [res["by_rate"][r][metric]["mean"] * 100 for r in res["by_rate"]]
         std = [res["by_rate"][r][metric]["std"] * 100 for r in res["by_rate"]]
-        ax.errorbar(rates, mean, yerr=std, marker="o", capsize=3, label=m)
+        emphasis = {"color": "black", "linewidth": 2.2, "zorder": 3} if m == "emmr" else {"linewidth": 1.3}
+        ax.errorbar(rates, mean, yerr=std, marker="o", markersize=4, capsize=3, label=m, **emphasis)
     ax.set_xlabel("missing rate")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (%, mean ± std over seeds)")
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def plot_confusion(result: dict, label_names: list[str], path: str, title: str) -> None:
     rates = list(result["by_rate"])
-    fig, axes = plt.subplots(1, len(rates), figsize=(2.6 * len(rates), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(rates), figsize=(2.7 * len(rates), 3.6), squeeze=False, layout="constrained")
     for ax, r in zip(axes[0], rates):
         cm = result["by_rate"][r]["confusion"]
-        ax.imshow(cm, cmap="Blues")
+        top = max(max(row) for row in cm) or 1
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=top)
         for i, row in enumerate(cm):
-            for j, v in enumerate(row):
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            for j, v in enumerate(row):  # white on the dark cells, black on the light ones
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > top / 2 else "black")
         ax.set_title(f"rate {r}", fontsize=9)
-        ax.set_xticks(range(len(label_names)), [n[:3] for n in label_names], fontsize=7)
-        ax.set_yticks(range(len(label_names)), [n[:3] for n in label_names], fontsize=7)
-        ax.set_xlabel("predicted", fontsize=8)
-    axes[0][0].set_ylabel("true", fontsize=8)
+        ax.set_xticks(range(len(label_names)), label_names, fontsize=7)
+        ax.set_yticks(range(len(label_names)), label_names if ax is axes[0][0] else [], fontsize=7)
+    axes[0][0].set_ylabel("true label", fontsize=8)
+    fig.supxlabel("predicted label", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
 def write_all(results: dict[str, dict], out_dir: str, title: str, label_names: list[str], extra: dict | None = None) -> list[str]:
-    """metrics.json, metrics.md, metrics.csv, <metric>_vs_missing_rate.png, confusion_<method>.png."""
+    """metrics.json, metrics.md, metrics.csv, <metric>_vs_missing_rate.png (with many methods: EMMR against its
+    members; and <metric>_vs_missing_rate_ablations.png), confusion_<method>.png."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
@@ -110,8 +149,10 @@ def write_all(results: dict[str, dict], out_dir: str, title: str, label_names: l
     paths.append("metrics.csv")
     for metric in (*MAIN_METRICS, "flag_precision", "flag_recall"):
         if all(metric in next(iter(r["by_rate"].values())) for r in results.values()):
-            plot_metric(results, metric, os.path.join(out_dir, f"{metric}_vs_missing_rate.png"))
-            paths.append(f"{metric}_vs_missing_rate.png")
+            for suffix, title, methods in plot_groups(list(results)):
+                name = f"{metric}_vs_missing_rate{suffix}.png"
+                plot_metric({m: results[m] for m in methods}, metric, os.path.join(out_dir, name), title)
+                paths.append(name)
     for m, res in results.items():
         plot_confusion(res, label_names, os.path.join(out_dir, f"confusion_{m}.png"), f"{m}: confusion (summed over seeds)")
         paths.append(f"confusion_{m}.png")

@@ -92,8 +92,23 @@ def test_project_errors_are_one_line_and_exit_2(case, tmp_path, trained, tiny_da
     assert f"{argv[0]}: " in lines[0]  # names the command
 
 
-def test_every_subcommand_is_covered_by_an_error_case():
-    assert {c.split("-")[0] for c in CASES} == set(COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_reports_a_project_error_in_one_line(command, monkeypatch, capsys, caplog):
+    """Any subcommand, the one-line path: a checkpoint error raised from inside its run()."""
+    import importlib
+
+    from emmr.checkpoint import CheckpointError
+
+    module = importlib.import_module(f"emmr.commands.{command}")
+
+    def failing(args):
+        raise CheckpointError("cannot read x/checkpoint.json: injected")
+
+    monkeypatch.setattr(module, "run", failing)
+    monkeypatch.setattr(module, "add_arguments", lambda p: None)  # no required flags to satisfy
+    status, err = run_cli(capsys, caplog, command)
+    assert status == 2 and "Traceback" not in err, err
+    assert error_lines(err) == [l for l in err.splitlines() if f"{command}: cannot read x/checkpoint.json" in l]
 
 
 def test_cuda_without_a_gpu_is_one_line_before_any_training(tmp_path, tiny_data, capsys, caplog):

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from emmr.batch import load_records
     from emmr.compare import compare
-    from emmr.report import write_all
+    from emmr.report import already_missing_note, write_all
     from emmr.scorer import resolve_device
     from emmr.settings import resolve
 
@@ -61,5 +61,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_all(results, args.out, f"Comparison on {args.test}", list(model_cfg.label_names),
                       extra={"train": args.train, "val": args.val, "test": args.test, "seeds": args.seeds,
                              "rates": rates, "model": model_cfg.to_dict(), "train_config": train_cfg.__dict__})
+    note = already_missing_note(results)
+    if note:
+        log.warning("%s", note)
     log.info("wrote %s", ", ".join(os.path.join(args.out, p) for p in paths))
     return 0

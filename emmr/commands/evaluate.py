@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from emmr.batch import load_records
     from emmr.evaluate import evaluate
-    from emmr.report import write_all
+    from emmr.report import already_missing_note, write_all
     from emmr.scorer import Scorer
 
     check_output_folder(args.out, "--out")
@@ -44,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
         flag = ""
         if "flag_precision" in stats:
             flag = f", flag precision {stats['flag_precision']['mean']:.3f} recall {stats['flag_recall']['mean']:.3f}"
-        log.info("missing rate %s: accuracy %.4f ± %.4f, macro-F1 %.4f ± %.4f, flag rate %.3f%s", rate,
-                 stats["accuracy"]["mean"], stats["accuracy"]["std"], stats["macro_f1"]["mean"], stats["macro_f1"]["std"],
-                 stats["flag_rate"]["mean"], flag)
+        log.info("missing rate %s (records missing a modality: %.3f): accuracy %.4f ± %.4f, macro-F1 %.4f ± %.4f, "
+                 "flag rate %.3f%s", rate, stats["missing_fraction"]["mean"], stats["accuracy"]["mean"],
+                 stats["accuracy"]["std"], stats["macro_f1"]["mean"], stats["macro_f1"]["std"], stats["flag_rate"]["mean"],
+                 flag)
+    note = already_missing_note({method: result})
+    if note:
+        log.warning("%s", note)
     log.info("wrote %s", ", ".join(os.path.join(args.out, p) for p in paths))
     return 0
