@@ -59,8 +59,11 @@ def add_scoring_arguments(parser) -> None:
                         f"(default {DEFAULT_METRICS_PORT} when streaming, off in batch); 0 or -1: off")
     g.add_argument("--metrics_addr", default="0.0.0.0", help="bind address of /metrics (default 0.0.0.0)")
     g.add_argument("--pushgateway", default=None,
-                   help="batch: push the job summary to this Pushgateway (host:port or URL), grouping key job=<job name>")
-    g.add_argument("--summary_json", default=None, help="batch: also write the job summary as JSON here (local or gs://)")
+                   help="local batch runs: push the job summary to this Pushgateway (host:port or URL), grouping key "
+                        "job=<job name>; remote jobs: `emmr-score report --job <id> --pushgateway ...`")
+    g.add_argument("--summary_json", default=None,
+                   help="local batch runs: also write the job summary as JSON here (local or gs://); remote jobs: "
+                        "`emmr-score report --job <id> --summary_json ...`")
 
 
 EXAMPLES = """examples:
@@ -69,6 +72,8 @@ EXAMPLES = """examples:
   emmr-score --runner=DirectRunner --streaming --input_subscription projects/P/subscriptions/S \\
       --model gs://bucket/ckpt --output_topic projects/P/topics/predictions \\
       --dead_letter projects/P/topics/dead-letters --metrics_port 9464
+  emmr-score --runner=DataflowRunner --project P --region R ...   # submits the job, logs its id, returns
+  emmr-score report --job JOB_ID [--project P --region R] [--pushgateway HOST:9091]   # a job's summary
 """
 
 
@@ -76,6 +81,41 @@ def help_text() -> str:
     parser = argparse.ArgumentParser(
         prog="emmr-score", description="Score input v1 records with an EMMR checkpoint, as an Apache Beam job. Beam's "
         "own options (--runner, --job_name, --streaming, Dataflow's --project/--region/...) are accepted too; any "
-        "other flag is an error.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "other flag is an error. `emmr-score report --help`: the summary of a job, from its committed Beam metrics.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scoring_arguments(parser)
     return parser.format_help()
+
+
+REPORT_EXAMPLES = """examples:
+  emmr-score report --job 2026-07-20_03_00_12-1234567890 --project P --region R [--pushgateway HOST:9091]
+  emmr-score report --job local-20260720T030012Z-1a2b3c          # a local run, recorded when it ended
+  emmr-score report --job_json job.json --metrics_json metrics.json   # saved Dataflow API responses
+exit status: 0 the job succeeded and its counts add up; 1 it failed, was cancelled, or its counts do not add up;
+2 bad arguments or no such job; 3 the job has not finished (without --wait)
+"""
+
+
+def report_parser() -> argparse.ArgumentParser:
+    """`emmr-score report` (beam_pipeline/report.py)."""
+    p = argparse.ArgumentParser(
+        prog="emmr-score report", description="Summarise a scoring job from its committed Beam metrics: records in = "
+        "predictions + dead letters, dead letters by reason, predictions by label, key-missing flags; optionally "
+        "push the summary to a Pushgateway. Reads a Dataflow job through the Dataflow API, a local run from the "
+        "local job store, or saved API responses.", epilog=REPORT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--job", help="job id: a Dataflow job id, or local-... (a local run, from the local job store)")
+    p.add_argument("--project", help="Dataflow: the job's project")
+    p.add_argument("--region", help="Dataflow: the job's region")
+    p.add_argument("--job_json", help="instead of --job: a saved Job resource (REST JSON, e.g. jobs.get)")
+    p.add_argument("--metrics_json", help="with --job_json: the saved JobMetrics (REST JSON, jobs.getMetrics)")
+    p.add_argument("--jobs_dir", help="the local job store (default $EMMR_JOBS_DIR, else ~/.cache/emmr/jobs)")
+    p.add_argument("--wait", action="store_true", help="Dataflow: poll until the job has finished")
+    p.add_argument("--poll_s", type=float, default=30.0, help="with --wait: seconds between polls (default 30)")
+    p.add_argument("--pushgateway", help="push the summary here (host:port or URL), grouping key job=<job name>")
+    p.add_argument("--summary_json", help="also write the summary as JSON here (local or gs://)")
+    return p
+
+
+def report_help() -> str:
+    return report_parser().format_help()

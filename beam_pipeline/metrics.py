@@ -243,35 +243,51 @@ class Recorder:
 
 @dataclass
 class Snapshot:
-    """Beam metric values of a finished run, summed over steps: series name -> value."""
+    """Beam metric values of a job in namespace `emmr`, summed over steps: series name -> value.
+
+    Committed values (each successful bundle counted once, whatever the retries) where the runner reports them; a
+    metric the runner reports only as attempted is taken as attempted, and `attempted_only` names it (a retried
+    bundle may have counted twice there)."""
 
     counters: dict[str, int]
     distributions: dict[str, tuple[int, int]]  # series -> (count, sum)
     gauges: dict[str, int]
+    attempted_only: list[str] = field(default_factory=list)
 
     @classmethod
     def from_result(cls, result) -> "Snapshot":
+        """From a PipelineResult (any runner)."""
         query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+        return cls.from_results([r for kind in ("counters", "distributions", "gauges") for r in query.get(kind, [])])
 
-        def value(r):
-            return r.committed if r.committed is not None else r.attempted
+    @classmethod
+    def from_results(cls, results) -> "Snapshot":
+        """From Beam MetricResults: a PipelineResult's, or a Dataflow JobMetrics document's (beam_pipeline/jobs.py)."""
+        from apache_beam.metrics.cells import DistributionResult, GaugeResult
 
         counters: dict[str, int] = {}
-        for r in query.get("counters", []):
-            counters[r.key.metric.name] = counters.get(r.key.metric.name, 0) + int(value(r) or 0)
         dists: dict[str, tuple[int, int]] = {}
-        for r in query.get("distributions", []):
-            v = value(r)
+        gauges: dict[str, int] = {}
+        attempted_only: set[str] = set()
+        for r in results:
+            if r.key.metric.namespace != NAMESPACE:
+                continue
+            name, v = r.key.metric.name, r.committed
+            if v is None:
+                v = r.attempted
+                if v is not None:
+                    attempted_only.add(name)
             if v is None:
                 continue
-            c, s = dists.get(r.key.metric.name, (0, 0))
-            dists[r.key.metric.name] = (c + v.count, s + v.sum)
-        gauges = {}
-        for r in query.get("gauges", []):
-            v = value(r)
-            if v is not None and v.value is not None:
-                gauges[r.key.metric.name] = v.value
-        return cls(counters, dists, gauges)
+            if isinstance(v, DistributionResult):
+                c, s = dists.get(name, (0, 0))
+                dists[name] = (c + v.count, s + v.sum)
+            elif isinstance(v, GaugeResult):
+                if v.value is not None:
+                    gauges[name] = v.value
+            else:
+                counters[name] = counters.get(name, 0) + int(v or 0)
+        return cls(counters, dists, gauges, sorted(attempted_only))
 
     def total(self, metric: MetricDef, **labels: str) -> int:
         """A counter's value, summed over every series that matches the given labels."""

@@ -157,6 +157,11 @@ def check_options(options: PipelineOptions) -> JobConfig:
     if o.pushgateway and streaming:
         problems.append("--pushgateway is for batch jobs (a streaming job never ends): scrape the workers' "
                         "/metrics (--metrics_port) instead")
+    in_process = runs_in_process(options)
+    for flag in ("summary_json", "pushgateway"):
+        if getattr(o, flag) and not in_process:
+            problems.append(f"--{flag} is for runs in this process: on a remote runner the launcher returns once the "
+                            f"job is submitted; run `emmr-score report --job <id> --{flag} ...` after the job")
     if problems:
         raise OptionsError(problems)
     return JobConfig(
@@ -182,7 +187,7 @@ def check_options(options: PipelineOptions) -> JobConfig:
         pushgateway=o.pushgateway,
         job_name=options.view_as(GoogleCloudOptions).job_name or DEFAULT_JOB_NAME,
         summary_json=o.summary_json,
-        in_process=runs_in_process(options),
+        in_process=in_process,
     )
 
 

@@ -5,105 +5,79 @@
     emmr-score --runner=DirectRunner --streaming --input_subscription projects/P/subscriptions/S \\
         --model gs://bucket/ckpt --output_topic projects/P/topics/predictions \\
         --dead_letter projects/P/topics/dead-letters --metrics_port 9464
+    emmr-score --runner=DataflowRunner --project P --region R ...   # submits the job and returns its id
+    emmr-score report --job JOB_ID [--project P --region R] [--pushgateway HOST:9091]   # after a job: summary
 
-`run(argv, test_pipeline)` checks the options and the model, builds the job on a new pipeline (or on the one
-given), runs it and, for a batch run, waits for it: it logs the summary (records in = predictions + dead
-letters, dead letters by reason, key-missing flags by modality) from the job's Beam metrics, checks that the
-counts add up, and pushes the summary to the Pushgateway when --pushgateway is given.
+`run(argv, test_pipeline)` checks the options and the model and builds the job on a new pipeline (or on the one
+given), then:
+- on a remote runner (Dataflow), submits it and returns: a launcher (a flex template's) never waits for a job.
+  The summary comes from `emmr-score report --job <id>` (beam_pipeline/report.py), which the schedule runs after
+  the job;
+- on an in-process runner (DirectRunner), batch: waits for it, then summarises it from its committed Beam metrics
+  with the same code as `report` (records in = predictions + dead letters, dead letters by reason, key-missing
+  flags by modality), checks that the counts add up, writes --summary_json, pushes --pushgateway, and records the
+  run in the local job store (`emmr-score report --job local-...` reads it again); streaming: returns the running
+  PipelineResult.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from beam_pipeline.flags import help_text
+from beam_pipeline.flags import help_text, report_help
 
 if TYPE_CHECKING:  # Beam and torch load when a job is built, not for `emmr-score --help`
     import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
 
-    from beam_pipeline import metrics
     from beam_pipeline.options import JobConfig
     from beam_pipeline.pipeline import ModelSpec
+    from beam_pipeline.report import JobSummary
 
 log = logging.getLogger("beam_pipeline")
 
 
-@dataclass
-class JobSummary:
-    """What a finished batch run did, from its Beam metrics."""
+def _options_record(options: PipelineOptions) -> dict:
+    """The job's pipeline options by name, as a Dataflow Job resource lists them (sdkPipelineOptions)."""
+    return {k: v for k, v in options.get_all_options(retain_unknown_options=True).items()
+            if v is not None and isinstance(v, (str, int, float, bool, list))}
 
-    state: str
-    records_in: int
-    predictions: int
-    dead_letters: int
-    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
-    predictions_by_label: dict[str, int] = field(default_factory=dict)
-    key_missing_by_modality: dict[str, int] = field(default_factory=dict)
-    missing_by_modality: dict[str, int] = field(default_factory=dict)
-    ensemble_used: int = 0
-    model_version: str | None = None
-    seconds: float = 0.0
-    outputs: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def conserved(self) -> bool:
-        return self.records_in == self.predictions + self.dead_letters
+def summarize_local(result, state: str, options: PipelineOptions, config: JobConfig, model: ModelSpec,
+                    started: float) -> JobSummary:
+    """A finished in-process batch run: its summary (report's code), published, and the run recorded locally."""
+    from apache_beam.metrics.metric import MetricsFilter
 
-    @classmethod
-    def from_snapshot(cls, state: str, s: metrics.Snapshot, seconds: float, config: JobConfig,
-                      model: ModelSpec) -> "JobSummary":
-        from beam_pipeline import metrics
+    from beam_pipeline import jobs, metrics, report
 
-        labels, modalities = model.config.label_names, model.config.modality_names
-        versions = [metrics.parse_series(k)[1].get("version") for k in s.gauges
-                    if metrics.parse_series(k)[0] == metrics.MODEL_INFO.name]
-        return cls(
-            state=state,
-            records_in=s.total(metrics.INPUT_RECORDS),
-            predictions=s.total(metrics.RECORDS, outcome=metrics.PREDICTED),
-            dead_letters=s.total(metrics.RECORDS, outcome=metrics.DEAD_LETTER),
-            dead_letters_by_reason=dict(sorted(s.by_label(metrics.DEAD_LETTERS, "reason").items())),
-            predictions_by_label=s.by_label(metrics.PREDICTIONS, "label", labels),
-            key_missing_by_modality=s.by_label(metrics.KEY_MISSING, "modality", modalities),
-            missing_by_modality=s.by_label(metrics.MISSING, "modality", modalities),
-            ensemble_used=s.total(metrics.ENSEMBLE_USED),
-            model_version=versions[0] if versions else None,
-            seconds=round(seconds, 3),
-            outputs=config.outputs(),
-        )
-
-    def text(self) -> str:
-        def fmt(d: dict) -> str:
-            return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
-
-        lines = [
-            f"records in      {self.records_in}  (= {self.predictions} predictions + {self.dead_letters} dead letters: "
-            f"{'conserved' if self.conserved else 'NOT CONSERVED'})",
-            f"scored          {self.predictions}  (by label: {fmt(self.predictions_by_label)}; ensemble decided "
-            f"{self.ensemble_used})",
-            f"dead letters    {self.dead_letters}  (by reason: {fmt(self.dead_letters_by_reason)})",
-            f"missing         {fmt(self.missing_by_modality)}  (scored records missing each modality)",
-            f"key missing     {fmt(self.key_missing_by_modality)}  (flagged: the missing modality flips the label)",
-            f"model           {self.model_version}",
-            f"run time        {self.seconds:.1f} s ({self.state})",
-        ]
-        lines += [f"{k + ':':15} {v}" for k, v in self.outputs.items()]
-        return "\n".join(lines)
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    results = [r for kind in ("counters", "distributions", "gauges") for r in query.get(kind, [])]
+    job = jobs.JobInfo(id=jobs.new_local_id(started), name=config.job_name, state=str(state).split(".")[-1],
+                       created=started, state_time=time.time(), options=_options_record(options), kind=config.mode)
+    facts = report.ModelFacts(model.version, tuple(model.config.label_names), tuple(model.config.modality_names))
+    summary, snapshot = report.summarize(results, job, facts)
+    try:
+        folder = jobs.record_local(job, results)
+        log.info("recorded the run as %s (%s): `emmr-score report --job %s` reports it again", job.id, folder, job.id)
+    except OSError as e:
+        log.warning("could not record the run in the local job store %s: %s", jobs.jobs_dir(), e)
+    report.publish(summary, snapshot, facts, pushgateway=config.pushgateway, summary_json=config.summary_json,
+                   device=config.device)
+    return summary
 
 
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None, save_main_session: bool = False):
-    """Build and run the job. Batch: returns the JobSummary once it finished. Streaming: returns the running
-    PipelineResult (cancel it to stop). Raises OptionsError for options or a model that cannot make a job.
+    """Build and run the job. In-process batch: returns the JobSummary once it finished. In-process streaming:
+    returns the running PipelineResult (cancel it to stop). Remote runners: returns the PipelineResult as soon as
+    the job is submitted (its id: result.job_id()). Raises OptionsError for options or a model that cannot make a
+    job.
 
     With `test_pipeline` (a TestPipeline), the job is built on it and run with its options; `argv` still
     describes the job."""
     import apache_beam as beam
-    from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from beam_pipeline import acks, metrics
@@ -130,40 +104,37 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         acks.install()
         acks.hold(config.input_subscription, max_in_flight=acks.max_in_flight(config))
     result = p.run()
-    if config.streaming:
+    if config.streaming or not config.in_process:
+        if not config.in_process:
+            job_id = getattr(result, "job_id", lambda: None)() if result is not None else None
+            log.info("submitted %s job %s (id %s); when it has finished: emmr-score report --job %s", config.mode,
+                     config.job_name, job_id, job_id)
         return result
     state = result.wait_until_finish()
-    seconds = time.time() - started
-    snapshot = metrics.Snapshot.from_result(result)
-    summary = JobSummary.from_snapshot(str(state), snapshot, seconds, config, model)
-    log.info("%s after %.1f s: records in %d = %d predictions + %d dead letters", state, seconds, summary.records_in,
-             summary.predictions, summary.dead_letters)
-    if not summary.conserved:
-        log.error("records in (%d) != predictions (%d) + dead letters (%d)", summary.records_in, summary.predictions,
-                  summary.dead_letters)
-    if config.summary_json:
-        with FileSystems.create(config.summary_json) as f:
-            f.write(json.dumps({**asdict(summary), "conserved": summary.conserved}, indent=2).encode())
-    if config.pushgateway:
-        known = metrics.known_series(model.config.modality_names, model.config.label_names)
-        try:
-            metrics.push_summary(config.pushgateway, config.job_name, metrics.summary_registry(snapshot, seconds, known))
-        except OSError as e:
-            log.error("could not push the job summary to the Pushgateway %s: %s", metrics.redact(config.pushgateway),
-                      metrics.redact(str(e)))
-    return summary
+    return summarize_local(result, state, options, config, model, started)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point. Batch: prints the summary; exit status 0 when the job succeeded and its counts add
-    up, 1 otherwise. Streaming: runs until cancelled. Bad options or model: 2."""
+    """Console entry point. `emmr-score report ...`: beam_pipeline/report.py. A local batch run prints the summary;
+    exit status 0 when the job succeeded and its counts add up, 1 otherwise. A remote run: 0 once submitted.
+    Local streaming: runs until cancelled. Bad options or model: 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # the job's own progress is logged at INFO
+    if argv[:1] == ["report"]:
+        if "-h" in argv or "--help" in argv:
+            print(report_help())
+            return 0
+        from beam_pipeline import report
+
+        return report.main(argv[1:])
     if "-h" in argv or "--help" in argv:
         print(help_text())
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # the job's own progress is logged at INFO
-    from beam_pipeline.options import OptionsError
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from beam_pipeline.options import OptionsError, runs_in_process
+    from beam_pipeline.report import JobSummary, exit_status
 
     try:
         out = run(argv)
@@ -173,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the job failed (e.g. a worker could not load the model): say why, exit 1
         log.error("the job failed: %s: %s", type(e).__name__, e)
         return 1
-    if not isinstance(out, JobSummary):  # streaming: runs until cancelled or killed
-        out.wait_until_finish()
+    if isinstance(out, JobSummary):
+        print(out.text())
+        return exit_status(out)
+    if not runs_in_process(PipelineOptions(argv)):  # submitted: the launcher returns
         return 0
-    print(out.text())
-    return 0 if out.conserved and out.state.endswith("DONE") else 1
+    out.wait_until_finish()  # local streaming: runs until cancelled or killed
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Flex-template entry point (the image's FLEX_TEMPLATE_PYTHON_PY_FILE).
 
 Dataflow's launcher runs this file with the template's parameters and its own options (--runner, --project,
---region, --temp_location, ...) as flags; `beam_pipeline.run.main` checks them, submits the job and, for a batch
-run, waits for it so that it can log the summary and push it to --pushgateway (the launcher VM therefore stays
-up while the batch job runs, and must reach the Pushgateway).
+--region, --temp_location, ...) as flags; `beam_pipeline.run.main` checks them, submits the job and returns (a
+flex-template launcher must not wait for its job: a streaming launch would hang until it timed out). The batch
+summary, the conservation check and the Pushgateway push come from `emmr-score report --job <id>` after the job
+(deploy/scheduler/workflow.yaml runs it for the scheduled run).
 """
 
 import sys

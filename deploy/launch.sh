@@ -12,9 +12,11 @@
 #
 # Always:    PROJECT, REGION, TEMPLATE (gs://.../templates/emmr-score.json from build.sh), IMAGE (from build.sh),
 #            TEMP_LOCATION (gs://bucket/tmp), MODEL (gs://.../checkpoint dir), DEAD_LETTER
-# Batch:     INPUT (gs:// Parquet glob), OUTPUT (gs:// prefix); optional PUSHGATEWAY (host:port reachable from
-#            the launcher VM), SUMMARY_JSON, JOB_NAME (default emmr-score-daily: the Pushgateway group and the
-#            alerts' job label)
+# Batch:     INPUT (gs:// Parquet glob), OUTPUT (gs:// prefix); optional JOB_NAME (default emmr-score-daily: the
+#            Pushgateway group and the alerts' job label). The launcher submits the job and returns; the response
+#            names the job id: once the job has finished, `emmr-score report --job <id> --project P --region R
+#            --pushgateway HOST:9091` summarises it from its committed metrics and pushes the summary (the schedule,
+#            deploy/scheduler/, does this by itself)
 # Streaming: SUBSCRIPTION (projects/P/subscriptions/S), OUTPUT_TOPIC and/or OUTPUT; DEAD_LETTER may be a topic;
 #            optional METRICS_PORT (default 9464), BATCH_DURATION_S, WINDOW_S, JOB_NAME (default emmr-streaming)
 # Optional:  DEVICE (default cuda), BATCH_SIZE, MODEL_COPIES, MACHINE_TYPE (default g2-standard-8),

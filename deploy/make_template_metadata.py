@@ -12,8 +12,9 @@ Every flag of `beam_pipeline.options.ScoringOptions` becomes a template paramete
 A template runs on Dataflow, so paths must be gs:// there even where the job also accepts local paths.
 
 A few of Beam's own options that the GPU job needs at launch are declared too (BEAM_PARAMETERS, help from Beam's
-parser). Flags that take no value (store_true) cannot be template parameters: the launcher passes every
-parameter as --name=value, which argparse rejects for them; NOT_PARAMETERS says how the template gets the same
+parser). Flags for runs in the launching process only (the summary's Pushgateway and JSON: a template's
+launcher submits and returns) are not parameters, nor flags that take no value (the launcher passes every
+parameter as --name=value, which argparse rejects for them); NOT_PARAMETERS says how the template gets the same
 effect. tests/test_deploy.py regenerates the file and compares, so a flag added to the options class fails the
 suite until this is re-run.
 """
@@ -75,8 +76,6 @@ PARAMETERS: dict[str, Param] = {
     "model_copies": Param("Shared model copies per worker VM", (POSITIVE_INT,)),
     "metrics_port": Param("First /metrics port of the worker processes", (r"^(-1|0|[1-9][0-9]{0,4})$",)),
     "metrics_addr": Param("Bind address of /metrics", (r"^[A-Za-z0-9.:\-\[\]]+$",)),
-    "pushgateway": Param("Pushgateway for the batch summary", (r"^(https?://)?[A-Za-z0-9.\-]+(:[0-9]{1,5})?(/.*)?$",)),
-    "summary_json": Param("Job summary JSON (batch)", (GCS_PATH,), "GCS_WRITE_FILE"),
 }
 
 # Beam's own options declared as template parameters (launch.sh and the schedule pass them).
@@ -88,7 +87,11 @@ BEAM_PARAMETERS: dict[str, Param] = {
 }
 
 # Flags of the options class that are not template parameters, and how the template gets their effect.
-NOT_PARAMETERS: dict[str, str] = {}
+NOT_PARAMETERS: dict[str, str] = {
+    "pushgateway": "a template's launcher submits the job and returns: `emmr-score report --job <id> --pushgateway` "
+                   "pushes the summary after the job (deploy/scheduler/workflow.yaml)",
+    "summary_json": "as pushgateway: `emmr-score report --job <id> --summary_json`",
+}
 
 EXAMPLE_BUCKET, EXAMPLE_PROJECT = "gs://emmr-example", "emmr-example"
 EXAMPLES: dict[str, dict[str, str]] = {  # valid jobs: used to find the required flags and to check the regexes
@@ -184,11 +187,11 @@ def metadata() -> dict:
     params = []
     for action in job_arguments():
         name = action.dest
-        if takes_no_value(action):
-            if name not in NOT_PARAMETERS:
-                raise ValueError(f"--{name} takes no value, so it cannot be a template parameter: add it to "
-                                 "NOT_PARAMETERS with the template's way to get its effect")
+        if name in NOT_PARAMETERS:
             continue
+        if takes_no_value(action):
+            raise ValueError(f"--{name} takes no value, so it cannot be a template parameter: add it to "
+                             "NOT_PARAMETERS with the template's way to get its effect")
         params.append(parameter(action, PARAMETERS.get(name), optional=name not in required))
     for name, spec in BEAM_PARAMETERS.items():
         params.append(parameter(beam_argument(name), spec, optional=True))

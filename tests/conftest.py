@@ -19,6 +19,19 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def local_job_store(tmp_path_factory):
+    """Local runs record themselves (beam_pipeline/jobs.py) in a store of the session, not the user's."""
+    folder = tmp_path_factory.mktemp("jobs")
+    previous = os.environ.get("EMMR_JOBS_DIR")
+    os.environ["EMMR_JOBS_DIR"] = str(folder)
+    yield str(folder)
+    if previous is None:
+        os.environ.pop("EMMR_JOBS_DIR", None)
+    else:
+        os.environ["EMMR_JOBS_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def small_config():
     return preset("small")

@@ -184,7 +184,9 @@ def test_every_option_is_a_template_parameter_or_excluded_with_a_reason():
     excluded = set(make_metadata.NOT_PARAMETERS)
     assert job_flags - excluded <= declared
     assert declared - job_flags == set(make_metadata.BEAM_PARAMETERS)
-    assert excluded == {a.dest for a in make_metadata.job_arguments() if a.nargs == 0}, "only flags without a value"
+    assert {a.dest for a in make_metadata.job_arguments() if a.nargs == 0} <= excluded, "flags without a value"
+    assert excluded <= job_flags and all(len(reason) > 20 for reason in make_metadata.NOT_PARAMETERS.values())
+    assert {"pushgateway", "summary_json"} <= excluded, "a template's launcher submits and returns: the report pushes"
     for name, p in params().items():
         assert p["label"] and p["helpText"] and isinstance(p["isOptional"], bool), name
         for r in p.get("regexes", []):
@@ -206,7 +208,6 @@ ACCEPTED = {
     "batch_size": ["1", "512"],
     "batch_duration_s": ["0.5", "2"],
     "metrics_port": ["9464", "0", "-1"],
-    "pushgateway": ["10.0.0.5:9091", "http://pushgateway.monitoring:9091"],
     "dataflow_service_options": ["worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"],
     "sdk_location": ["container"],
 }
@@ -298,8 +299,8 @@ def test_render_body_names_every_missing_variable_and_drops_unset_optionals():
     with pytest.raises(render_body.MissingVariables) as e:
         launch_request("batch", {"PROJECT": "p"})
     assert {"TEMPLATE", "IMAGE", "INPUT", "OUTPUT", "DEAD_LETTER", "MODEL", "TEMP_LOCATION"} <= set(e.value.names)
-    body = launch_request("batch", {**LAUNCH_ENV, "PUSHGATEWAY": ""})["launchParameter"]
-    assert "pushgateway" not in body["parameters"] and "serviceAccountEmail" not in body["environment"]
+    body = launch_request("batch", {**LAUNCH_ENV, "SERVICE_ACCOUNT": ""})["launchParameter"]
+    assert "serviceAccountEmail" not in body["environment"]
     quoted = launch_request("batch", {**LAUNCH_ENV, "INPUT": 'gs://b/"odd",name/*.parquet'})
     assert quoted["launchParameter"]["parameters"]["input"] == 'gs://b/"odd",name/*.parquet'
 
@@ -318,13 +319,55 @@ def test_launch_and_schedule_scripts_send_the_rendered_requests():
     assert cpu_body["device"] == "cpu" and "dataflow_service_options" not in cpu_body
     missing = run_script(DEPLOY / "launch.sh", "streaming", "--dry-run", env=LAUNCH_ENV)
     assert missing.returncode == 2 and "SUBSCRIPTION" in missing.stderr
-    sched = run_script(DEPLOY / "scheduler" / "schedule.sh", "--dry-run",
-                       env={**LAUNCH_ENV, "SCHEDULER_SERVICE_ACCOUNT": "scheduler@emmr-example.iam.gserviceaccount.com"})
+    sched = run_script(DEPLOY / "scheduler" / "schedule.sh", "--dry-run", env=SCHEDULE_ENV)
     assert sched.returncode == 0, sched.stderr
-    command, body = sched.stdout.split("\n", 1)
-    assert command.startswith("+ gcloud scheduler jobs create http emmr-score-daily ")
-    assert "flexTemplates:launch" in command and "--oauth-service-account-email" in command
-    assert json.loads(body) == launch_request("batch", LAUNCH_ENV)
+    lines = sched.stdout.splitlines()
+    report_job, workflow, scheduler = lines[:3]
+    assert report_job.startswith("+ gcloud run jobs deploy emmr-score-report ")
+    assert f"--image {LAUNCH_ENV['IMAGE']} --command emmr-score --args report" in report_job
+    assert workflow.startswith("+ gcloud workflows deploy emmr-score-daily ") and "scheduler/workflow.yaml" in workflow
+    assert scheduler.startswith("+ gcloud scheduler jobs create http emmr-score-daily ")
+    assert "workflowexecutions.googleapis.com/v1/projects/emmr-example/locations/us-central1/workflows/" \
+           "emmr-score-daily/executions" in scheduler and "--oauth-service-account-email" in scheduler
+    argument = json.loads(json.loads("\n".join(lines[3:]))["argument"])
+    assert argument["launch"] == launch_request("batch", LAUNCH_ENV)  # the same request as launch.sh batch
+    assert (argument["pushgateway"], argument["report_job"], argument["region"]) == (
+        "10.0.0.5:9091", "emmr-score-report", "us-central1")
+    missing = run_script(DEPLOY / "scheduler" / "schedule.sh", "--dry-run", env={**LAUNCH_ENV, "PUSHGATEWAY": ""})
+    assert missing.returncode == 2 and "PUSHGATEWAY" in missing.stderr and "SCHEDULER_SERVICE_ACCOUNT" in missing.stderr
+
+
+SCHEDULE_ENV = {**LAUNCH_ENV, "SCHEDULER_SERVICE_ACCOUNT": "scheduler@emmr-example.iam.gserviceaccount.com"}
+WORKFLOW_EXPR = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
+
+
+def test_the_scheduled_workflow_launches_waits_then_reports_with_the_report_command():
+    """deploy/scheduler/workflow.yaml: launch (the flex template submits and returns), poll the job until it is
+    terminal, then `emmr-score report --job <id>` in the Cloud Run job; the report's arguments parse."""
+    from beam_pipeline import report
+
+    workflow = yaml.safe_load((DEPLOY / "scheduler" / "workflow.yaml").read_text())
+    steps = [next(iter(s.items())) for s in workflow["main"]["steps"]]
+    names = [n for n, _ in steps]
+    assert names == ["init", "launch", "remember_job", "wait", "poll", "finished", "report", "done"]
+    step = dict(steps)
+    assert step["launch"]["call"] == "http.post" and step["launch"]["args"]["body"] == "${args.launch}"
+    assert step["launch"]["args"]["url"].endswith('"/flexTemplates:launch"}')
+    assert step["poll"]["call"] == "http.get" and '"/jobs/" + job_id' in step["poll"]["args"]["url"]
+    switch = step["finished"]["switch"][0]
+    assert switch["next"] == "report" and "in terminal" in switch["condition"] and step["finished"]["next"] == "wait"
+    terminal = next(a["terminal"] for a in step["init"]["assign"] if "terminal" in a)
+    assert {"JOB_STATE_" + s for s in __import__("beam_pipeline.jobs", fromlist=["TERMINAL"]).TERMINAL} == set(terminal)
+    assert step["report"]["call"] == "googleapis.run.v1.namespaces.jobs.run"
+    args_expr = step["report"]["args"]["body"]["overrides"]["containerOverrides"][0]["args"]
+    listed = WORKFLOW_EXPR.match(args_expr.strip()).group(1)
+    values = {"job_id": "2026-07-20_03_00_12-1", "project": "emmr-example", "region": "us-central1",
+              "args.pushgateway": "10.0.0.5:9091"}
+    argv = [values.get(item.strip(), item.strip().strip('"')) for item in listed.strip("[] \n").split(",")]
+    assert argv[0] == "report"
+    parsed = report.parser().parse_args(argv[1:])
+    assert (parsed.job, parsed.project, parsed.region, parsed.pushgateway) == (
+        "2026-07-20_03_00_12-1", "emmr-example", "us-central1", "10.0.0.5:9091")
 
 
 # ------------------------------------------------------------------------------------------- Prometheus

@@ -22,7 +22,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline.handler import EMMRModelHandler
 from beam_pipeline.pipeline import build_pipeline, prepare
-from beam_pipeline.run import JobSummary, run
+from beam_pipeline.report import JobSummary
+from beam_pipeline.run import run
 from beam_pipeline.samples import write_bad_records
 from emmr.batch import from_arrow
 from emmr.scorer import Scorer

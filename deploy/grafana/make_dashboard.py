@@ -9,7 +9,7 @@ Prometheus fed by real pipeline runs. Standard library only.
 
 Two sources, told apart by the `mode` label that deploy/prometheus/prometheus.yml adds:
 - mode="streaming": the streaming workers' /metrics, so rates over time and histogram quantiles;
-- mode="batch": the summary each batch run pushes (counters as totals of the last run, histograms as count and
+- mode="batch": the summary `emmr-score report` pushes after each batch run (counters as totals of the last run, histograms as count and
   sum only), so "last run" bars and means.
 Variables: DS_PROMETHEUS (the Prometheus data source) and job (Dataflow job names; All by default).
 """

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Create (or update) the Cloud Scheduler job that launches the recurring batch run: an HTTP POST of
-# deploy/flex-template/launch-batch.json (the same request as `deploy/launch.sh batch`) to the Dataflow
-# flexTemplates:launch API, authenticated as SCHEDULER_SERVICE_ACCOUNT.
+# Create (or update) the recurring batch run: a Cloud Scheduler job that starts the Cloud Workflow
+# deploy/scheduler/workflow.yaml daily. The workflow launches deploy/flex-template/launch-batch.json (the same
+# request as `deploy/launch.sh batch`), waits for the Dataflow job, then runs `emmr-score report --job <id>` in
+# a Cloud Run job (the job's committed metrics -> summary, conservation check, Pushgateway push).
 #
-#   deploy/scheduler/schedule.sh [--dry-run]
+#   deploy/scheduler/schedule.sh [--dry-run]     # --dry-run prints the commands and the workflow argument
 #
 # Environment: everything deploy/launch.sh needs for `batch` (PROJECT, REGION, TEMPLATE, IMAGE, TEMP_LOCATION,
-# MODEL, INPUT, OUTPUT, DEAD_LETTER, optional PUSHGATEWAY, ...), plus
-#   SCHEDULER_SERVICE_ACCOUNT  service account that calls the API: roles/dataflow.developer, and
-#                              roles/iam.serviceAccountUser on the workers' service account   (required)
+# MODEL, INPUT, OUTPUT, DEAD_LETTER, ...), plus
+#   SCHEDULER_SERVICE_ACCOUNT  runs the workflow and the report: roles/dataflow.developer (launch, read the job and
+#                              its metrics), roles/iam.serviceAccountUser on the workers' service account,
+#                              roles/run.developer, roles/workflows.invoker, and read access to MODEL (required)
+#   PUSHGATEWAY                host:port of the Pushgateway, reachable from the report job's network (required)
 #   SCHEDULE                   cron, default "0 3 * * *" (daily 03:00); the alert EmmrBatchRunOverdue expects a
 #                              run at least every 26 h: change both together
 #   TIME_ZONE                  default Etc/UTC
-#   SCHEDULER_JOB              default emmr-score-daily
-# The request body is static: the run reads INPUT (a glob) and writes OUTPUT and DEAD_LETTER (prefixes) as
+#   SCHEDULER_JOB              default emmr-score-daily (also the workflow's name)
+#   REPORT_JOB                 the Cloud Run job running the report, default emmr-score-report
+#   NETWORK, SUBNETWORK        the report job's VPC (direct VPC egress), to reach PUSHGATEWAY
+#   POLL_S                     seconds between the workflow's polls of the Dataflow job, default 60
+# The launch request is static: the run reads INPUT (a glob) and writes OUTPUT and DEAD_LETTER (prefixes) as
 # given, every time. Point INPUT at where the day's files land and archive them after a successful run
 # (deploy/RUNBOOK.md, "The scheduled batch run").
 set -euo pipefail
@@ -27,28 +33,47 @@ for arg in "$@"; do
   esac
 done
 missing=()
-for v in PROJECT REGION SCHEDULER_SERVICE_ACCOUNT; do [[ -n "${!v:-}" ]] || missing+=("$v"); done
+for v in PROJECT REGION SCHEDULER_SERVICE_ACCOUNT PUSHGATEWAY IMAGE; do [[ -n "${!v:-}" ]] || missing+=("$v"); done
 if [[ ${#missing[@]} -gt 0 ]]; then echo "schedule.sh: set ${missing[*]} (see --help)" >&2; exit 2; fi
 
 SCHEDULER_JOB="${SCHEDULER_JOB:-emmr-score-daily}"
+REPORT_JOB="${REPORT_JOB:-emmr-score-report}"
 SCHEDULE="${SCHEDULE:-0 3 * * *}"
 TIME_ZONE="${TIME_ZONE:-Etc/UTC}"
-body_file="$(mktemp)"
-trap 'rm -f "$body_file"' EXIT
-python3 "$here/render_body.py" "$here/flex-template/launch-batch.json" >"$body_file" || exit 2
-url="https://dataflow.googleapis.com/v1b3/projects/${PROJECT}/locations/${REGION}/flexTemplates:launch"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+python3 "$here/render_body.py" "$here/flex-template/launch-batch.json" >"$work/launch.json" || exit 2
+# The Scheduler job's body: {"argument": "<the workflow's argument, as a JSON string>"}.
+python3 - "$work/launch.json" "$REGION" "$REPORT_JOB" "$PUSHGATEWAY" "${POLL_S:-60}" >"$work/body.json" <<'EOF'
+import json, sys
+launch, region, report_job, pushgateway, poll_s = sys.argv[1:]
+argument = {"launch": json.load(open(launch)), "region": region, "report_job": report_job,
+            "pushgateway": pushgateway, "poll_s": int(poll_s)}
+json.dump({"argument": json.dumps(argument)}, sys.stdout, indent=2)
+EOF
 
+report_cmd=(gcloud run jobs deploy "$REPORT_JOB" --project "$PROJECT" --region "$REGION" --image "$IMAGE"
+            --command emmr-score --args report --service-account "$SCHEDULER_SERVICE_ACCOUNT"
+            --task-timeout 20m --max-retries 2 --memory 2Gi)
+[[ -n "${NETWORK:-}" ]] && report_cmd+=(--network "$NETWORK")
+[[ -n "${SUBNETWORK:-}" ]] && report_cmd+=(--subnet "$SUBNETWORK" --vpc-egress private-ranges-only)
+workflow_cmd=(gcloud workflows deploy "$SCHEDULER_JOB" --project "$PROJECT" --location "$REGION"
+              --source "$here/scheduler/workflow.yaml" --service-account "$SCHEDULER_SERVICE_ACCOUNT")
+url="https://workflowexecutions.googleapis.com/v1/projects/${PROJECT}/locations/${REGION}/workflows/${SCHEDULER_JOB}/executions"
 verb=create
 if [[ $dry_run -eq 0 ]] && gcloud scheduler jobs describe "$SCHEDULER_JOB" --project "$PROJECT" --location "$REGION" >/dev/null 2>&1; then
   verb=update
 fi
-cmd=(gcloud scheduler jobs "$verb" http "$SCHEDULER_JOB" --project "$PROJECT" --location "$REGION"
-     --schedule "$SCHEDULE" --time-zone "$TIME_ZONE" --uri "$url" --http-method POST
-     --oauth-service-account-email "$SCHEDULER_SERVICE_ACCOUNT"
-     --oauth-token-scope https://www.googleapis.com/auth/cloud-platform
-     --attempt-deadline 300s --max-retry-attempts 3 --min-backoff 5m
-     --message-body-from-file "$body_file")
-if [[ "$verb" == create ]]; then cmd+=(--headers Content-Type=application/json); else cmd+=(--update-headers Content-Type=application/json); fi
-printf '+'; printf ' %q' "${cmd[@]}"; printf '\n'
-if [[ $dry_run -eq 1 ]]; then cat "$body_file"; exit 0; fi
-"${cmd[@]}"
+scheduler_cmd=(gcloud scheduler jobs "$verb" http "$SCHEDULER_JOB" --project "$PROJECT" --location "$REGION"
+               --schedule "$SCHEDULE" --time-zone "$TIME_ZONE" --uri "$url" --http-method POST
+               --oauth-service-account-email "$SCHEDULER_SERVICE_ACCOUNT"
+               --oauth-token-scope https://www.googleapis.com/auth/cloud-platform
+               --attempt-deadline 300s --max-retry-attempts 3 --min-backoff 5m
+               --message-body-from-file "$work/body.json")
+if [[ "$verb" == create ]]; then scheduler_cmd+=(--headers Content-Type=application/json); else scheduler_cmd+=(--update-headers Content-Type=application/json); fi
+
+step() { printf '+'; printf ' %q' "$@"; printf '\n'; [[ $dry_run -eq 1 ]] || "$@"; }
+step "${report_cmd[@]}"
+step "${workflow_cmd[@]}"
+step "${scheduler_cmd[@]}"
+if [[ $dry_run -eq 1 ]]; then cat "$work/body.json"; echo; fi
