@@ -34,7 +34,8 @@ parse_bool.__name__ = "boolean"  # argparse names the type in its error message:
 def add_scoring_arguments(parser) -> None:
     """The job's flags, in one argument group of `parser` (argparse or Beam's)."""
     g = parser.add_argument_group("EMMR scoring")
-    g.add_argument("--input", help="batch: Parquet glob of input record v1, local or gs:// (e.g. data/*.parquet)")
+    g.add_argument("--input", help="batch: input record v1 Parquet, local or gs://: a folder (its *.parquet), a glob "
+                                  "(quoted: 'data/*.parquet') or a file")
     g.add_argument("--input_subscription", help="streaming: projects/<p>/subscriptions/<s> of message v1")
     g.add_argument("--input_topic", help="streaming: projects/<p>/topics/<t> (Beam creates a subscription)")
     g.add_argument("--output", help="Parquet prefix for prediction v1, local or gs:// (files <prefix>-SSSSS-of-NNNNN.parquet)")

@@ -99,9 +99,9 @@ def check_options(options: PipelineOptions) -> JobConfig:
     A Pub/Sub input turns on Beam's --streaming (a Pub/Sub read is unbounded); everything else that does not fit
     together is an error, never silently adjusted.
     """
+    problems: list[str] = unknown_flags(options)
     o = options.view_as(ScoringOptions)
     std = options.view_as(StandardOptions)
-    problems: list[str] = []
     sources = [name for name in ("input", "input_subscription", "input_topic") if getattr(o, name)]
     if len(sources) != 1:
         problems.append(f"give exactly one of --input, --input_subscription, --input_topic (got {sources or 'none'})")
@@ -189,6 +189,29 @@ def check_options(options: PipelineOptions) -> JobConfig:
         summary_json=o.summary_json,
         in_process=in_process,
     )
+
+
+def unknown_flags(options: PipelineOptions) -> list[str]:
+    """A problem for every argument that neither the job nor Beam knows (Beam itself only warns and drops it, so a
+    misspelled --batchsize would run with the default), each with the closest known flag. A value of the wrong
+    type raises OptionsError at once (argparse would print Beam's whole usage, 140 lines, and exit)."""
+    import argparse
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    from emmr.cli import unknown_argument_problems
+
+    parser = _BeamArgumentParser(allow_abbrev=False, exit_on_error=False)
+    classes: dict[str, type] = {}
+    for cls in PipelineOptions.__subclasses__():  # what Beam parses: every options class imported so far
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    try:
+        _, unknown = parser.parse_known_args(list(getattr(options, "_flags", None) or []))
+    except argparse.ArgumentError as e:  # "argument --batch_size: invalid int value: 'ten'"
+        raise OptionsError([str(e)]) from None
+    return unknown_argument_problems(unknown, [s for a in parser._actions for s in a.option_strings])
 
 
 # Runners that execute the job in the launching process (which is then the worker).

@@ -21,7 +21,7 @@ beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch liv
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import numpy as np
@@ -31,7 +31,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import trigger, util, window
 
-from beam_pipeline import acks, dead_letters, metrics, outputs
+from beam_pipeline import acks, dead_letters, metrics, outputs, paths
 from beam_pipeline.acks import AckAfter
 from beam_pipeline.decode import Decoder, decode_chunk_safely, decode_message_safely
 from beam_pipeline.dead_letters import DeadLetter
@@ -114,9 +114,10 @@ def verify_weights(path: str, chunk: int = 8 << 20) -> str:
 def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
     """Check the options and the model before anything runs; raises OptionsError naming every problem.
 
-    The checkpoint must be readable (its config gives the modalities to validate against) and a Parquet glob must
-    match at least one file. On an in-process runner the device is checked here too: cuda without a GPU is an
-    error, never a silent CPU fallback (remote workers check it again when they load the model, and fail the
+    The checkpoint must be readable (its config gives the modalities to validate against), --input must match at
+    least one file (a folder means its *.parquet), and every output must be writable (a probe file is written and
+    deleted; beam_pipeline/paths.py). On an in-process runner the device is checked here too: cuda without a GPU is
+    an error, never a silent CPU fallback (remote workers check it again when they load the model, and fail the
     same way).
     """
     config = check_options(options)
@@ -125,15 +126,22 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
         verify_weights(config.model)
     except checkpoint.CheckpointError as e:
         raise OptionsError([f"--model {config.model!r}: {e}"]) from e
+    problems = []
     if config.input:
         from apache_beam.io.filesystems import FileSystems
 
         try:
-            matched = FileSystems.match([config.input])[0].metadata_list
+            config = replace(config, input=paths.input_pattern(config.input))
+            if not FileSystems.match([config.input])[0].metadata_list:
+                problems.append(f"--input {config.input!r}: no file matches")
         except Exception as e:  # noqa: BLE001 - an unreachable filesystem is a problem with --input
-            raise OptionsError([f"--input {config.input!r}: {e}"]) from e
-        if not matched:
-            raise OptionsError([f"--input {config.input!r}: no file matches"])
+            problems.append(f"--input {config.input!r}: {e}")
+    outputs = [(config.output, "--output", True), (config.summary_json, "--summary_json", False)]
+    if not config.dead_letter_is_topic:
+        outputs.append((config.dead_letter, "--dead_letter", True))
+    problems += [p for p in (paths.check_writable(path, flag, prefix) for path, flag, prefix in outputs if path) if p]
+    if problems:
+        raise OptionsError(problems)
     if runs_in_process(options):
         from emmr.scorer import resolve_device
 

@@ -95,20 +95,25 @@ class Parser(argparse.ArgumentParser):
 
 
 def unknown_arguments_message(extras: list[str], known: list[str]) -> str:
+    return "; ".join(unknown_argument_problems(extras, known))
+
+
+def unknown_argument_problems(extras: list[str], known: list[str]) -> list[str]:
     """"unknown flag --pateince (did you mean --patience?)" for each unknown flag; the words right after one are
-    taken as its value; other stray words are named as unexpected."""
-    parts, after_flag = [], False
+    taken as its value; other stray words are named as unexpected (also used by `emmr-score`)."""
+    problems, after_flag = [], False
     for arg in extras:
         if arg.startswith("-") and arg != "-":
             flag = arg.split("=", 1)[0]
             close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-            parts.append(f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+            problems.append(f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
             after_flag = "=" not in arg
         elif not after_flag:
-            parts.append(f"unexpected argument {arg!r}")
+            hint = " (a glob the shell expanded? quote it)" if arg.endswith(".parquet") else ""
+            problems.append(f"unexpected argument {arg!r}{hint}")
         else:
             after_flag = False
-    return "; ".join(parts)
+    return problems
 
 
 def build_parser(only: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
