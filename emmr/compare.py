@@ -22,6 +22,23 @@ from emmr.train import TrainConfig, split_validation, train_emmr, train_teacher
 log = logging.getLogger(__name__)
 
 
+def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConfig, cfg: TrainConfig, methods: list[str],
+                  progress: bool = False, save_dir: str | None = None, tag: str = "") -> dict[str, tuple[Scorer, dict]]:
+    """One frozen full-modality network, then every method, each selected on `val` -> method -> (scorer, metrics)."""
+    teacher, teacher_best, _ = train_teacher(train, val, model_cfg, cfg, progress)
+    out = {}
+    for method in methods:
+        m_cfg, t_cfg = apply_method(method, model_cfg, cfg)
+        result = train_emmr(train, val, m_cfg, t_cfg, progress, teacher=(teacher, teacher_best))
+        meta = {"model_version": f"{method}-seed{cfg.seed}{tag}", "method": method}
+        if save_dir:
+            path = os.path.join(save_dir, "checkpoints", f"{method}-seed{cfg.seed}{tag}")
+            meta["model_version"] = checkpoint.save(path, result.model, method=method, train_config=t_cfg.__dict__,
+                                                    metrics=result.metrics, data_fingerprint={}, teacher=teacher)
+        out[method] = (Scorer(result.model, meta, torch.device(t_cfg.device)), result.metrics)
+    return out
+
+
 def compare(train: ModalityBatch, val: ModalityBatch | None, test: ModalityBatch, test_table, model_cfg: ModelConfig,
             train_cfg: TrainConfig, methods: list[str], seeds: int, rates, out_dir: str | None = None,
             progress: bool = False) -> dict[str, dict]:
@@ -30,19 +47,10 @@ def compare(train: ModalityBatch, val: ModalityBatch | None, test: ModalityBatch
     for seed in range(seeds):
         cfg = replace(train_cfg, seed=seed)
         tr, va = (train, val) if val is not None else split_validation(train, cfg.val_fraction, seed)
-        teacher, teacher_best, _ = train_teacher(tr, va, model_cfg, cfg, progress)
-        for method in methods:
-            m_cfg, t_cfg = apply_method(method, model_cfg, cfg)
-            result = train_emmr(tr, va, m_cfg, t_cfg, progress, teacher=(teacher, teacher_best))
-            meta = {"model_version": f"{method}-seed{seed}", "method": method}
-            if out_dir:
-                path = os.path.join(out_dir, "checkpoints", f"{method}-seed{seed}")
-                meta["model_version"] = checkpoint.save(path, result.model, method=method, train_config=t_cfg.__dict__,
-                                                        metrics=result.metrics, data_fingerprint={}, teacher=teacher)
-            scorer = Scorer(result.model, meta, torch.device(t_cfg.device))
+        for method, (scorer, metrics) in train_methods(tr, va, model_cfg, cfg, methods, progress, out_dir).items():
             res = evaluate(scorer, test, test_table, rates=rates, seeds=[seed])
             runs[method] += res["runs"]
             at = res["by_rate"][f"{max(rates):g}"]
             log.info("seed %d %s: validation %s; test at rate %g: accuracy %.4f, macro-F1 %.4f", seed, method,
-                     result.metrics["validation"], max(rates), at["accuracy"]["mean"], at["macro_f1"]["mean"])
+                     metrics["validation"], max(rates), at["accuracy"]["mean"], at["macro_f1"]["mean"])
     return {m: {"runs": r, "by_rate": aggregate(r)} for m, r in runs.items()}

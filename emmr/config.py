@@ -108,6 +108,10 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# Training settings that belong to a preset (fields of emmr.train.TrainConfig), applied before the YAML's `train:`.
+PRESET_TRAINING: dict[str, dict] = {}
+
+
 def preset(name: str) -> ModelConfig:
     try:
         return PRESETS[name]

@@ -185,7 +185,7 @@ def test_training_flags_say_what_they_do_and_their_defaults(capsys):
             described = re.search(re.escape(flag) + r" [A-Z_]+ (.*?)\(default ([^,)]+)", text)
             assert described and len(described.group(1)) > 10, (command, flag)
             assert described.group(2) == str(defaults[name]), (command, flag)
-        assert re.search(r"--preset \{[a-z,]+\} .*\(default small\)", text), command
+        assert re.search(r"--preset \{[a-z,]+\} .*\(default: the preset that fits the data", text), command
 
 
 def test_top_level_help_gives_whole_sentences(capsys):

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from emmr.cli import main as cli_main
-from emmr.convert import SPLITS, ConvertError, dataset_modalities, read_dataset_json, split_by_video
+from emmr.convert import SPLITS, ConvertError, dataset_modalities, read_dataset_json, record_videos, split_by_video
 from emmr.convert import csd as csd_convert
 from emmr.convert import mmsa as mmsa_convert
 from emmr.convert import mosi_csv
@@ -31,7 +31,7 @@ def read_output(out) -> tuple[dict, dict]:
     dataset = read_dataset_json(str(out))
     mods = dataset_modalities(dataset)
     records = {}
-    for split in SPLITS:
+    for split in dataset["splits"]:
         table = pq.read_table(os.path.join(out, split, "part-00000.parquet"))
         result = validate_input(table, mods, len(dataset["label_names"]))
         assert result.valid.all(), result.errors[:3]
@@ -44,7 +44,7 @@ def read_output(out) -> tuple[dict, dict]:
 
 def all_records(records: dict) -> dict:
     out = {}
-    for split in SPLITS:
+    for split in records:
         for rid, r in records[split].items():
             assert rid not in out, f"{rid} in two splits"
             out[rid] = dict(r, split=split)
@@ -62,7 +62,7 @@ def assert_frames(got, want: np.ndarray | None) -> None:
 
 def assert_disjoint_by_video(records: dict, video_of) -> None:
     sides = {}
-    for split in SPLITS:
+    for split in records:
         for rid in records[split]:
             sides.setdefault(video_of(rid), set()).add(split)
     assert all(len(s) == 1 for s in sides.values()), {v: s for v, s in sides.items() if len(s) > 1}
@@ -75,39 +75,45 @@ def _write_csv(path: Path, rows) -> None:
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
 
 
+TRAIN_VIDEOS, DEV_VIDEOS = ["vidA", "vid_B", "c-D_e", "Fgh"], ["ii_9", "zz"]
+
+
 def make_mosi_csv(folder: Path, rng: np.random.Generator) -> dict:
-    """A small folder in the bc-LSTM layout; returns what each utterance should become."""
+    """A small folder in the bc-LSTM layout (14 training and 6 dev utterances); returns what each should become."""
     folder.mkdir(parents=True, exist_ok=True)
-    videos = ["vidA", "vid_B", "c-D_e", "Fgh", "ii_9", "zz"]
     transcripts = []  # (id, text, count, label)
-    for v in videos:
+    for v in TRAIN_VIDEOS + DEV_VIDEOS:
         for clip in range(1, 5):
             transcripts.append((f"{v}_{clip}", f'SAID, "{v}" {clip}', 7, int(rng.integers(0, 2))))
     rng.shuffle(transcripts)
-    used = rng.choice(len(transcripts), size=18, replace=False)  # some transcripts have no features
     expected = {}
-    audio, video, text = [], [], []
-    for idx in used:
-        uid, _, _, label = transcripts[idx]
-        a = rng.normal(size=5) * 10
-        vi = np.abs(rng.normal(size=4))
-        t = rng.normal(size=3)
-        audio.append([repr(float(x)) for x in a] + [str(label)])
-        video.append([repr(float(x)) for x in vi] + [str(label)])
-        text.append([str(int(idx))] + [repr(float(x)) for x in t])
-        expected[uid] = {"label": label, "acoustic": a, "visual": vi, "text": t}
-    _write_csv(folder / "audio_train.csv", audio)
-    _write_csv(folder / "video_train.csv", video)
-    _write_csv(folder / "text_train.csv", text)
+    for part, videos, count in (("train", TRAIN_VIDEOS, 14), ("dev", DEV_VIDEOS, 6)):
+        rows = [i for i, t in enumerate(transcripts) if t[0].rpartition("_")[0] in videos]
+        used = rng.choice(rows, size=count, replace=False)  # some transcripts have no features
+        audio, video, text = [], [], []
+        for idx in used:
+            uid, _, _, label = transcripts[idx]
+            a = rng.normal(size=5) * 10
+            vi = np.abs(rng.normal(size=4))
+            t = rng.normal(size=3)
+            audio.append([repr(float(x)) for x in a] + [str(label)])
+            video.append([repr(float(x)) for x in vi] + [str(label)])
+            text.append([str(int(idx))] + [repr(float(x)) for x in t])
+            expected[uid] = {"label": label, "acoustic": a, "visual": vi, "text": t, "split": part}
+        _write_csv(folder / f"audio_{part}.csv", audio)
+        _write_csv(folder / f"video_{part}.csv", video)
+        _write_csv(folder / f"text_{part}.csv", text)
     _write_csv(folder / "transcripts.csv", [(u, s, str(c), str(lab)) for u, s, c, lab in transcripts])
     return expected
 
 
 def test_mosi_csv_fixture_every_record(tmp_path):
     expected = make_mosi_csv(tmp_path / "src", np.random.default_rng(0))
-    dataset = mosi_csv.convert(str(tmp_path / "src"), str(tmp_path / "out"), seed=5, val_fraction=0.2, test_fraction=0.3)
+    dataset = mosi_csv.convert(str(tmp_path / "src"), str(tmp_path / "out"))
     dataset, records = read_output(tmp_path / "out")
     assert dataset["converter"] == "mosi-utterance-csv"
+    assert list(dataset["splits"]) == ["train", "dev"] and sorted(os.listdir(tmp_path / "out")) == [
+        "dataset.json", "dev", "split.json", "train"]
     assert dataset["modalities"] == [{"name": "visual", "dim": 4, "max_len": 1}, {"name": "acoustic", "dim": 5, "max_len": 1},
                                      {"name": "text", "dim": 3, "max_len": 1}]
     assert dataset["label_names"] == ["negative", "positive"]
@@ -115,25 +121,38 @@ def test_mosi_csv_fixture_every_record(tmp_path):
     assert set(got) == set(expected)
     for uid, want in expected.items():
         r = got[uid]
-        assert r["label"] == want["label"]
+        assert r["label"] == want["label"] and r["split"] == want["split"]
         for m in ("visual", "acoustic", "text"):
             assert_frames(r[m], want[m][None, :].astype(np.float32))
     assert_disjoint_by_video(records, lambda rid: rid.rpartition("_")[0])
-    assert all(records[s] for s in SPLITS)
     split = json.loads((tmp_path / "out" / "split.json").read_text())
-    assert split["seed"] == 5 and split["method"] == "seeded_by_video"
-    assert {v for s in SPLITS for v in split["videos"][s]} == {u.rpartition("_")[0] for u in expected}
-    for s in SPLITS:
+    assert split["method"] == "given"
+    for s in ("train", "dev"):
         assert split["counts"][s]["records"] == len(records[s])
         assert sorted({rid.rpartition("_")[0] for rid in records[s]}) == split["videos"][s]
-    assert set(split["source"]["files"]) == {"audio_train.csv", "video_train.csv", "text_train.csv", "transcripts.csv"}
+        assert {rid: v for v, ids in split["record_videos"][s].items() for rid in ids} == {
+            rid: rid.rpartition("_")[0] for rid in records[s]}
+        assert record_videos(str(tmp_path / "out" / s)) == {rid: rid.rpartition("_")[0] for rid in records[s]}
+    assert set(split["videos"]["dev"]) <= set(DEV_VIDEOS) and set(split["videos"]["train"]) <= set(TRAIN_VIDEOS)
+    assert set(split["source"]["files"]) == {f"{k}_{p}.csv" for k in ("audio", "video", "text") for p in ("train", "dev")} | {
+        "transcripts.csv"}
     assert all(len(f["sha256"]) == 64 for f in split["source"]["files"].values())
-    # Same seed, same split; another seed, (here) another split.
-    argv = ["convert", "mosi-utterance-csv", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "again"),
-            "--seed", "5", "--val-fraction", "0.2", "--test-fraction", "0.3"]
+    argv = ["convert", "mosi-utterance-csv", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "again")]
     assert cli_main(argv) == 0
     assert json.loads((tmp_path / "again" / "split.json").read_text())["videos"] == split["videos"]
     assert cli_main(["convert", "mosi-utterance-csv", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_mosi_csv_a_video_in_train_and_dev_fails(tmp_path):
+    make_mosi_csv(tmp_path / "src", np.random.default_rng(4))
+    dev_index = int(list(csv.reader(open(tmp_path / "src" / "text_dev.csv")))[0][0])
+    train_index = int(list(csv.reader(open(tmp_path / "src" / "text_train.csv")))[0][0])
+    rows = list(csv.reader(open(tmp_path / "src" / "transcripts.csv")))
+    video = rows[train_index][0].rpartition("_")[0]
+    rows[dev_index][0] = f"{video}_99"  # a dev utterance of a training video
+    _write_csv(tmp_path / "src" / "transcripts.csv", rows)
+    with pytest.raises(ConvertError, match=rf"1 videos have records in both .*audio_train.csv and .*audio_dev.csv \(e.g. '{video}'\)"):
+        mosi_csv.convert(str(tmp_path / "src"), str(tmp_path / "out"))
 
 
 def _rewrite(path: Path, row: int, col: int, value: str) -> None:
@@ -168,12 +187,13 @@ def test_mosi_csv_non_finite_and_shape_errors(tmp_path):
     assert dataset["non_finite"] == {"policy": "zero", "replaced": {"acoustic": 1}}
     rows = list(csv.reader(open(tmp_path / "src" / "text_train.csv")))
     _write_csv(tmp_path / "src" / "text_train.csv", rows[:-1])
-    with pytest.raises(ConvertError, match="text_train.csv: 17 rows, but .*audio_train.csv has 18"):
+    with pytest.raises(ConvertError, match="text_train.csv: 13 rows, but .*audio_train.csv has 14"):
         mosi_csv.convert(str(tmp_path / "src"), str(tmp_path / "out"))
 
 
 def test_mosi_real_data():
-    """The real CMU-MOSI utterance CSVs: 1447 records, labels 738 / 709, 62 videos, no video on two sides."""
+    """The real CMU-MOSI utterance CSVs: train 1447 records (738 / 709) of 62 videos, dev 375 (150 / 225) of 16
+    videos, and no video on both sides; ids, labels and values checked against an independent CSV reading."""
     if not MOSI_DIR.is_dir():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{MOSI_DIR} is absent, and CI must run the real-data conversion")
@@ -181,31 +201,36 @@ def test_mosi_real_data():
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
-        dataset = mosi_csv.convert(str(MOSI_DIR), out, seed=0)
+        dataset = mosi_csv.convert(str(MOSI_DIR), out)
         dataset, records = read_output(out)
-        got = all_records(records)
-        assert len(got) == 1447
-        labels = np.array([r["label"] for r in got.values()])
-        assert (np.bincount(labels) == [738, 709]).all()
+        assert list(records) == ["train", "dev"]
+        assert {s: len(r) for s, r in records.items()} == {"train": 1447, "dev": 375}
+        for s, counts in (("train", [738, 709]), ("dev", [150, 225])):
+            assert np.bincount([r["label"] for r in records[s].values()]).tolist() == counts
         assert [(m["name"], m["dim"], m["max_len"]) for m in dataset["modalities"]] == [
             ("visual", 100, 1), ("acoustic", 73, 1), ("text", 100, 1)]
-        assert sum(dataset["splits"][s]["videos"] for s in SPLITS) == 62
-        assert_disjoint_by_video(records, lambda rid: rid.rpartition("_")[0])
+        assert {s: dataset["splits"][s]["videos"] for s in records} == {"train": 62, "dev": 16}
+        train_videos = {rid.rpartition("_")[0] for rid in records["train"]}
+        dev_videos = {rid.rpartition("_")[0] for rid in records["dev"]}
+        assert not train_videos & dev_videos and dataset["videos_in_more_than_one_split"] == []
+        got = all_records(records)
         assert all(len(r[m]) == 1 for r in got.values() for m in ("visual", "acoustic", "text"))
         # Independent check of ids, labels and values against the CSV module's reading of the files.
         transcripts = list(csv.reader(open(MOSI_DIR / "transcripts.csv")))
-        audio = list(csv.reader(open(MOSI_DIR / "audio_train.csv")))
-        video = list(csv.reader(open(MOSI_DIR / "video_train.csv")))
-        text = list(csv.reader(open(MOSI_DIR / "text_train.csv")))
-        for i in range(0, 1447, 37):
-            uid = transcripts[int(text[i][0])][0]
-            r = got[uid]
-            assert r["label"] == int(audio[i][-1]) == int(video[i][-1]) == int(transcripts[int(text[i][0])][3])
-            assert_frames(r["acoustic"], np.array([[float(x) for x in audio[i][:-1]]]))
-            assert_frames(r["visual"], np.array([[float(x) for x in video[i][:-1]]]))
-            assert_frames(r["text"], np.array([[float(x) for x in text[i][1:]]]))
+        for part, step in (("train", 37), ("dev", 11)):
+            audio = list(csv.reader(open(MOSI_DIR / f"audio_{part}.csv")))
+            video = list(csv.reader(open(MOSI_DIR / f"video_{part}.csv")))
+            text = list(csv.reader(open(MOSI_DIR / f"text_{part}.csv")))
+            assert len(audio) == len(video) == len(text) == len(records[part])
+            for i in range(0, len(audio), step):
+                uid = transcripts[int(text[i][0])][0]
+                r = records[part][uid]
+                assert r["label"] == int(audio[i][-1]) == int(video[i][-1]) == int(transcripts[int(text[i][0])][3])
+                assert_frames(r["acoustic"], np.array([[float(x) for x in audio[i][:-1]]]))
+                assert_frames(r["visual"], np.array([[float(x) for x in video[i][:-1]]]))
+                assert_frames(r["text"], np.array([[float(x) for x in text[i][1:]]]))
         split = json.loads((Path(out) / "split.json").read_text())
-        assert sorted(v for s in SPLITS for v in split["videos"][s]) == sorted({u.rpartition("_")[0] for u in got})
+        assert split["videos"] == {"train": sorted(train_videos), "dev": sorted(dev_videos)}
 
 
 def test_split_by_video_is_seeded_and_whole():
@@ -465,7 +490,7 @@ def test_csd_folds_max_len_and_cli(tmp_path):
 
 
 @pytest.mark.parametrize("scheme,want", [
-    ("iemocap4", {"neu": "neutral", "hap": "happy", "exc": "happy", "sad": "sad", "ang": "angry"}),
+    ("iemocap4", {"neu": "neutral", "hap": "happy", "sad": "sad", "ang": "angry"}),  # the paper: excited is not happy
     ("iemocap7", {"neu": "neutral", "hap": "happy", "exc": "excited", "sad": "sad", "ang": "angry", "fru": "frustrated",
                   "sur": "surprised"}),
     ("iemocap2", {"hap": "positive", "exc": "positive", "ang": "negative", "sad": "negative", "fru": "negative",

@@ -21,7 +21,7 @@ p.add_argument("--out", required=True)
 args = p.parse_args()
 cfg = preset("mosi")
 tr, _ = load_records(f"{args.data}/train", cfg.modalities, cfg.num_classes)
-va, _ = load_records(f"{args.data}/val", cfg.modalities, cfg.num_classes)
+va, _ = load_records(f"{args.data}/dev", cfg.modalities, cfg.num_classes)
 out = {"train_records": len(tr), "val_records": len(va), "probes": {}}
 names = list(cfg.modality_names)
 for k in (1, 2, 3):

@@ -1,14 +1,14 @@
-"""Convert a published data set to input v1 Parquet: OUT/{train,val,test}, OUT/dataset.json, OUT/split.json.
+"""Convert a published data set to input v1 Parquet: OUT/<split>/, OUT/dataset.json, OUT/split.json.
 
 Formats (one sub-command each; `emmr convert FORMAT --help` for details):
-  mosi-utterance-csv  CMU-MOSI utterance-level CSVs (bc-LSTM release), split by video with a seed
+  mosi-utterance-csv  CMU-MOSI utterance-level CSVs (bc-LSTM release): train and dev, as the files give them
   mmsa                MMSA's aligned_50.pkl / unaligned_50.pkl (a pickle: only for files you trust)
   csd                 CMU Multimodal SDK .csd sequences, one per modality plus a labels .csd, aligned per segment
 
 dataset.json lists the modalities (name, dim, max_len) and label names to train with, the label mapping,
 the source files with their SHA-256, split counts and what was dropped; split.json lists the videos of
 each split. Examples:
-  emmr convert mosi-utterance-csv --src ../shared/datasets/cmu-mosi-utterance --out data/mosi --seed 0
+  emmr convert mosi-utterance-csv --src ../shared/datasets/cmu-mosi-utterance --out data/mosi
   emmr convert mmsa --src MOSI/Processed/unaligned_50.pkl --out data/mosi-mmsa --labels sentiment2
   emmr convert csd --modality visual=CMU_MOSI_Visual_Facet_41.csd --modality acoustic=CMU_MOSI_COVAREP.csd \\
       --modality text=CMU_MOSI_TimestampedWordVectors.csd --labels-csd CMU_MOSI_Opinion_Labels.csd \\
@@ -41,7 +41,7 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="output folder (train/, val/, test/, dataset.json, split.json)")
+    p.add_argument("--out", required=True, help="output folder (one folder per split, dataset.json, split.json)")
     p.add_argument("--non-finite", choices=NON_FINITE_POLICIES, default="fail",
                    help="NaN or infinite feature values: fail naming the record (default), or replace by 0 and count")
 
@@ -60,9 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     q = sub.add_parser("mosi-utterance-csv", help="CMU-MOSI utterance-level CSVs (bc-LSTM release)",
                        description=mosi_csv.__doc__, formatter_class=_RAW)
-    q.add_argument("--src", required=True, help="folder with audio_train.csv, video_train.csv, text_train.csv, transcripts.csv")
+    q.add_argument("--src", required=True, help="folder with {audio,video,text}_{train,dev}.csv and transcripts.csv")
     _common_args(q)
-    _split_args(q)
     q.set_defaults(convert_run=_run_mosi)
 
     q = sub.add_parser("mmsa", help="MMSA feature pickle (trusted files only: loading a pickle runs code)",
@@ -99,8 +98,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _run_mosi(args: argparse.Namespace) -> dict:
     from emmr.convert import mosi_csv
 
-    return mosi_csv.convert(args.src, args.out, seed=args.seed, val_fraction=args.val_fraction,
-                            test_fraction=args.test_fraction, non_finite=args.non_finite)
+    return mosi_csv.convert(args.src, args.out, non_finite=args.non_finite)
 
 
 def _run_mmsa(args: argparse.Namespace) -> dict:

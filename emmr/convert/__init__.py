@@ -2,36 +2,37 @@
 
 Every converter writes the same layout:
 
-    OUT/train/part-00000.parquet   input v1 records (schemas.input_schema), validated before writing
-    OUT/val/part-00000.parquet
-    OUT/test/part-00000.parquet
+    OUT/<split>/part-00000.parquet input v1 records (schemas.input_schema), validated before writing, one folder
+                                   per split: train, val, test (mmsa, csd) or train, dev (mosi-utterance-csv)
     OUT/dataset.json               modalities [{name, dim, max_len}], label_names, label mapping, source,
                                    split counts, what was dropped or repaired: `emmr train` reads it
-    OUT/split.json                 which videos went where (and how: seed and fractions, folds, or given)
+    OUT/split.json                 which videos went where (and how: seed and fractions, folds, or given), and
+                                   the video of every record (`record_videos`: cross-fitting splits by video)
 
 Converters:
-- `emmr.convert.mosi_csv`: the CMU-MOSI utterance-level CSVs of ../shared/datasets/cmu-mosi-utterance;
+- `emmr.convert.mosi_csv`: the CMU-MOSI utterance-level CSVs of ../shared/datasets/cmu-mosi-utterance (train and
+  dev, as the files give them);
 - `emmr.convert.mmsa`: MMSA's `aligned_50.pkl` / `unaligned_50.pkl` pickles (trusted files only);
 - `emmr.convert.csd`: the CMU Multimodal SDK's `.csd` HDF5 computational sequences.
 
-Label mappings (`LABEL_SCHEMES`), shared by all converters, with their sources:
+Label mappings (`LABEL_SCHEMES`), shared by all converters, with their sources. The EMMR paper's own definitions
+(Zeng, Zhou and Liu, EMNLP 2022, Section 4.1 and Appendix B) are followed where it gives them:
 - `sentiment2`: negative (score < 0) / positive (score > 0). A score of exactly 0 is counted as positive
   by default (`zero="positive"`, MMSA's "Has0" binary convention: non-negative vs negative; also the
   convention of the bc-LSTM MOSI files, whose 2199 utterances include the zero-rated ones) or dropped
-  (`zero="drop"`, MMSA's "Non0" convention, which excludes 0).
-- `sentiment3`: negative (< 0), neutral (== 0, exactly), positive (> 0), MMSA's 3-class convention.
+  (`zero="drop"`, MMSA's "Non0" convention, which excludes 0). The paper does not use two MOSI classes.
+- `sentiment3`: negative [-3, 0), neutral (exactly 0), positive (0, 3]: the paper's CMU-MOSI setting (its
+  training split: 833 positive, 81 neutral, 866 negative), also MMSA's 3-class convention.
 - `sentiment7`: the score rounded and clipped to -3..3 (CMU-MOSI's Acc-7 convention), classes 0..6.
-- `iemocap4`: neutral, happy, sad, angry, with *excited merged into happy* (the common 4-class IEMOCAP
-  setting, e.g. MMIN (Zhao et al., ACL 2021), which EMMR compares with; 5531 utterances). Other emotions
-  are dropped. Class order follows CMU's / MulT's IEMOCAP tensors (neutral, happy, sad, angry).
-- `iemocap7`: neutral, happy, sad, angry, frustrated, excited, surprised: the six classes used in
-  conversational emotion recognition (DialogueRNN and followers) plus surprised. Fear, disgust, other
-  and unlabelled (`xxx`) are dropped.
-- `iemocap2`: a valence split, *our choice*: negative = angry, sad, frustrated, fear, disgust;
-  positive = happy, excited; neutral, surprised and other are dropped. The EMMR paper reports IEMOCAP
-  results, but its text (and TATE's, whose protocol it follows) could not be consulted offline to confirm
-  its 2-class definition; this mapping keeps the sentiment label names (negative, positive), so a model
-  trained on it has the same heads as a MOSI model. Check it against the paper before comparing numbers.
+- `iemocap4`: neutral, happy, sad, angry, with *happy alone*: the paper's four classes (its training split:
+  349 happy, 659 angry, 653 sad, 1,042 neutral, so excited is not merged into happy; MMIN and others merge
+  it, which this converter did before it followed the paper). Other emotions, excited included, are dropped.
+  Class order follows CMU's / MulT's IEMOCAP tensors (neutral, happy, sad, angry).
+- `iemocap7`: the paper's seven classes: the four above plus frustrated, excited and surprised. Fear,
+  disgust, other and unlabelled (`xxx`) are dropped.
+- `iemocap2`: the paper's two classes: negative = frustrated, angry, sad, fear and disgust (the paper's
+  "disappointing"), positive = happy and excited; neutral, surprised and other are dropped. The label names
+  are the sentiment ones (negative, positive), so a model trained on it has the same heads as a MOSI model.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ EMOTION_ALIASES = {
 }
 # Canonical emotion -> class name, per scheme (absent = the record is dropped).
 EMOTION_MAPS: dict[str, dict[str, str]] = {
-    "iemocap4": {"neutral": "neutral", "happy": "happy", "excited": "happy", "sad": "sad", "angry": "angry"},
+    "iemocap4": {"neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry"},  # the paper's: no excited
     "iemocap7": {e: e for e in LABEL_SCHEMES["iemocap7"]},
     "iemocap2": {"angry": "negative", "sad": "negative", "frustrated": "negative", "fear": "negative",
                  "disgust": "negative", "happy": "positive", "excited": "positive"},
@@ -324,8 +325,9 @@ class Converted:
     columns: dict[str, pa.Array]  # modality name -> list column (null = missing)
     modalities: tuple[ModalitySpec, ...]
     labels: np.ndarray  # (n,) int64
-    split: np.ndarray  # (n,) int64 index into SPLITS
+    split: np.ndarray  # (n,) int64 index into `splits`
     label_names: tuple[str, ...]
+    splits: tuple[str, ...] = SPLITS  # the split names, in order
 
 
 def _check_unique(ids: np.ndarray, source: str) -> None:
@@ -338,7 +340,8 @@ def _check_unique(ids: np.ndarray, source: str) -> None:
 
 def write_dataset(out: str, data: Converted, *, converter: str, source: dict, label_mapping: dict,
                   split_info: dict, dropped: dict | None = None, extra: dict | None = None) -> dict:
-    """Validate and write OUT/{train,val,test}/part-00000.parquet, OUT/dataset.json and OUT/split.json.
+    """Validate and write OUT/<split>/part-00000.parquet for each of `data.splits`, OUT/dataset.json and
+    OUT/split.json.
 
     Returns the dataset.json content. Every split is written, even an empty one, so that readers find it.
     """
@@ -349,7 +352,8 @@ def write_dataset(out: str, data: Converted, *, converter: str, source: dict, la
     num_classes = len(data.label_names)
     splits: dict[str, dict] = {}
     split_videos: dict[str, list[str]] = {}
-    for s, name in enumerate(SPLITS):
+    record_videos: dict[str, dict[str, list[str]]] = {}
+    for s, name in enumerate(data.splits):
         rows = np.flatnonzero(data.split == s)
         idx = pa.array(rows)
         arrays = [pa.array(data.ids[rows].astype(str).tolist(), type=pa.string())]
@@ -367,6 +371,9 @@ def write_dataset(out: str, data: Converted, *, converter: str, source: dict, la
         pq.write_table(table, path, row_group_size=max(1, min(len(rows) or 1, (32 << 20) // bytes_per_row)))
         vids = sorted(set(data.videos[rows].astype(str).tolist()) - {""})
         split_videos[name] = vids
+        record_videos[name] = {}
+        for rid, video in zip(data.ids[rows].astype(str), data.videos[rows].astype(str)):
+            record_videos[name].setdefault(video, []).append(rid)
         present = {m.name: int(data.columns[m.name].take(idx).is_valid().to_numpy(zero_copy_only=False).sum())
                    for m in data.modalities}
         splits[name] = {
@@ -376,9 +383,8 @@ def write_dataset(out: str, data: Converted, *, converter: str, source: dict, la
             "labels": {n: int(c) for n, c in zip(data.label_names, np.bincount(data.labels[rows], minlength=num_classes))},
             "present": present,
         }
-    overlap = sorted(set(split_videos["train"]) & set(split_videos["val"])
-                     | set(split_videos["train"]) & set(split_videos["test"])
-                     | set(split_videos["val"]) & set(split_videos["test"]))
+    overlap = sorted({v for i, a in enumerate(data.splits) for b in data.splits[i + 1:]
+                      for v in set(split_videos[a]) & set(split_videos[b])})
     if overlap:
         log.warning("%s: %d videos are in more than one split (e.g. %s)", converter, len(overlap), overlap[:5])
     dataset = {
@@ -397,9 +403,10 @@ def write_dataset(out: str, data: Converted, *, converter: str, source: dict, la
     dataset.update(extra or {})
     split_doc = {
         **split_info,
-        "counts": {n: {"records": splits[n]["records"], "videos": splits[n]["videos"]} for n in SPLITS},
+        "counts": {n: {"records": splits[n]["records"], "videos": splits[n]["videos"]} for n in data.splits},
         "videos": split_videos,
         "source": source,
+        "record_videos": record_videos,  # split -> video -> record ids ('' = video unknown)
     }
     with open(os.path.join(out, "dataset.json"), "w") as f:
         json.dump(dataset, f, indent=2, sort_keys=False)
@@ -408,7 +415,7 @@ def write_dataset(out: str, data: Converted, *, converter: str, source: dict, la
         json.dump(split_doc, f, indent=2, sort_keys=False)
         f.write("\n")
     log.info("%s: wrote %s to %s", converter,
-             ", ".join(f"{n} {splits[n]['records']} records / {splits[n]['videos']} videos" for n in SPLITS), out)
+             ", ".join(f"{n} {splits[n]['records']} records / {splits[n]['videos']} videos" for n in data.splits), out)
     log.info("model config modalities: %s; label_names: %s",
              ", ".join(f"{m.name} (dim {m.dim}, max_len {m.max_len})" for m in data.modalities), list(data.label_names))
     return dataset
@@ -423,3 +430,30 @@ def read_dataset_json(out: str) -> dict:
 def dataset_modalities(dataset: dict) -> tuple[ModalitySpec, ...]:
     """The ModalitySpecs recorded in a dataset.json."""
     return tuple(ModalitySpec.from_dict(m) for m in dataset["modalities"])
+
+
+def find_dataset(path: str) -> tuple[str, dict] | None:
+    """The converted data set that `path` is (OUT) or is a split of (OUT/<split>): (OUT, dataset.json), else None."""
+    if "://" in path or not os.path.isdir(path):
+        return None
+    for root in (path, os.path.dirname(os.path.abspath(path.rstrip("/")))):
+        if os.path.isfile(os.path.join(root, "dataset.json")):
+            dataset = read_dataset_json(root)
+            if root == path or os.path.basename(os.path.abspath(path.rstrip("/"))) in dataset.get("splits", {}):
+                return root, dataset
+    return None
+
+
+def record_videos(path: str) -> dict[str, str]:
+    """record id -> video, for the records of a converted split folder OUT/<split> (from OUT/split.json)."""
+    found = find_dataset(path)
+    split = os.path.basename(os.path.abspath(path.rstrip("/")))
+    if found is None or found[0] == path or split not in found[1].get("splits", {}):
+        raise ValueError(f"{path}: not a split folder of a converted data set (OUT/<split> beside OUT/dataset.json), "
+                         f"so the videos of its records are unknown")
+    with open(os.path.join(found[0], "split.json")) as f:
+        doc = json.load(f)
+    if "record_videos" not in doc:
+        raise ValueError(f"{os.path.join(found[0], 'split.json')}: no `record_videos` (converted by an older version? "
+                         f"convert the data again)")
+    return {rid: video for video, ids in doc["record_videos"].get(split, {}).items() for rid in ids}

@@ -1,22 +1,27 @@
 """CMU-MOSI utterance-level CSVs (bc-LSTM release, ../shared/datasets/cmu-mosi-utterance) -> input v1 Parquet.
 
-The source folder holds four headerless CSVs with quoted numbers (see its README):
+The source folder holds headerless CSVs with quoted numbers (see its README), for PART = train and dev:
 
-    audio_train.csv   per utterance: 73 openSMILE features, then the label
-    video_train.csv   per utterance: 100 3D-CNN features, then the label
-    text_train.csv    per utterance: a 0-based row index into transcripts.csv, then 100 text-CNN features
+    audio_PART.csv    per utterance: 73 openSMILE features, then the label
+    video_PART.csv    per utterance: 100 3D-CNN features, then the label
+    text_PART.csv     per utterance: a 0-based row index into transcripts.csv, then 100 text-CNN features
     transcripts.csv   per MOSI utterance: id `<video id>_<clip no>`, transcript, a count, label
 
-Row i of the three feature files is one utterance; its id comes from text_train.csv column 0 through
-transcripts.csv. The converter checks that the three files have the same rows, that the labels of audio,
-video and transcripts agree row by row (failing on the first disagreement, naming the row, the id and
-the files), that every id is unique and well formed, and that every value is finite (or, with
-`non_finite="zero"`, replaces and counts the bad ones).
+Row i of the three feature files of a part is one utterance; its id comes from text_PART.csv column 0
+through transcripts.csv. The converter checks that the three files have the same rows, that the labels of
+audio, video and transcripts agree row by row (failing on the first disagreement, naming the row, the id
+and the files), that every id is unique and well formed, that every value is finite (or, with
+`non_finite="zero"`, replaces and counts the bad ones), and that no video is in both parts.
 
 Records: id = the utterance id; modalities `visual` (video, 100), `acoustic` (audio, 73), `text` (100),
 each one step long; label 0 = negative, 1 = positive (the files' own binary labels, kept as they are).
 The video of an utterance is its id without the trailing `_<clip no>` (video ids contain '_' too).
-Splits are by video, seeded (`emmr.convert.split_by_video`); nothing is copied into the repository.
+
+Splits, as the files give them: `train` = every training video (*_train.csv), `dev` = the part of the
+official test split published as *_dev.csv (16 of its 31 videos). Select and stop early on dev; never
+carve a validation or test set out of train: its text and video features were fit to its labels (the data
+set's README), so rows of training videos measure fit, not generalisation. Nothing is copied into the
+repository.
 """
 
 from __future__ import annotations
@@ -28,21 +33,24 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from emmr.convert import (
-    DEFAULT_TEST_FRACTION,
-    DEFAULT_VAL_FRACTION,
     LABEL_SCHEMES,
     ConvertError,
     Converted,
     NonFinite,
     file_info,
     ragged_column,
-    split_by_video,
     write_dataset,
 )
 from schemas.modality import ModalitySpec
 
-FILES = {"audio": "audio_train.csv", "video": "video_train.csv", "text": "text_train.csv",
-         "transcripts": "transcripts.csv"}
+PARTS = ("train", "dev")  # the split names, and the files' suffixes
+
+
+def files(part: str) -> dict[str, str]:
+    """The source files of one part (feature file key -> file name)."""
+    return {"audio": f"audio_{part}.csv", "video": f"video_{part}.csv", "text": f"text_{part}.csv",
+            "transcripts": "transcripts.csv"}
+
 MODALITY_OF = (("visual", "video"), ("acoustic", "audio"), ("text", "text"))  # (modality, file key), in order
 
 
@@ -90,9 +98,9 @@ def video_of(utterance_ids: np.ndarray, path: str) -> np.ndarray:
     return videos
 
 
-def load(src: str, non_finite: NonFinite) -> tuple[Converted, dict]:
-    """Read and check the four CSVs; returns the records (split not yet assigned) and a source description."""
-    paths = {k: os.path.join(src, f) for k, f in FILES.items()}
+def load(src: str, non_finite: NonFinite, part: str = "train") -> tuple[Converted, dict]:
+    """Read and check the CSVs of one part; returns its records and a description of its files."""
+    paths = {k: os.path.join(src, f) for k, f in files(part).items()}
     tables = {k: _read_csv(p) for k, p in paths.items()}
     n = tables["audio"].num_rows
     for k in ("video", "text"):
@@ -150,18 +158,35 @@ def load(src: str, non_finite: NonFinite) -> tuple[Converted, dict]:
         modalities.append(ModalitySpec(name, values.shape[1], 1))
         columns[name] = ragged_column(values, np.ones(n, dtype=np.int64), values.shape[1])
     data = Converted(ids=ids, videos=videos, columns=columns, modalities=tuple(modalities), labels=label_audio,
-                     split=np.zeros(n, dtype=np.int64), label_names=LABEL_SCHEMES["sentiment2"])
-    source = {"kind": "cmu-mosi-utterance-csv", "folder": os.path.abspath(src),
-              "files": {FILES[k]: file_info(p) for k, p in paths.items()}}
-    return data, source
+                     split=np.full(n, PARTS.index(part), dtype=np.int64), label_names=LABEL_SCHEMES["sentiment2"],
+                     splits=PARTS)
+    return data, {os.path.basename(p): file_info(p) for p in paths.values()}
 
 
-def convert(src: str, out: str, seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION,
-            test_fraction: float = DEFAULT_TEST_FRACTION, non_finite: str = "fail") -> dict:
-    """Convert the CSV folder `src` to input v1 Parquet under `out`; returns the dataset.json content."""
+def _concat(parts: list[Converted]) -> Converted:
+    first = parts[0]
+    for other in parts[1:]:
+        if other.modalities != first.modalities:
+            raise ConvertError(f"the parts' feature sizes differ: {first.modalities} against {other.modalities}")
+    return Converted(ids=np.concatenate([p.ids for p in parts]), videos=np.concatenate([p.videos for p in parts]),
+                     columns={m.name: pa.concat_arrays([p.columns[m.name] for p in parts]) for m in first.modalities},
+                     modalities=first.modalities, labels=np.concatenate([p.labels for p in parts]),
+                     split=np.concatenate([p.split for p in parts]), label_names=first.label_names, splits=PARTS)
+
+
+def convert(src: str, out: str, non_finite: str = "fail") -> dict:
+    """Convert the CSV folder `src` (train and dev parts) to input v1 Parquet under `out`; returns dataset.json."""
     nf = NonFinite(non_finite)
-    data, source = load(src, nf)
-    data.split, split_info = split_by_video(data.videos, seed, val_fraction, test_fraction)
+    loaded = [load(src, nf, part) for part in PARTS]
+    data = _concat([d for d, _ in loaded])
+    shared = sorted(set(loaded[0][0].videos) & set(loaded[1][0].videos))
+    if shared:
+        raise ConvertError(f"{src}: {len(shared)} videos have records in both {files('train')['audio']} and "
+                           f"{files('dev')['audio']} (e.g. {shared[0]!r}); dev must hold videos never trained on")
+    source = {"kind": "cmu-mosi-utterance-csv", "folder": os.path.abspath(src),
+              "files": {name: info for _, part_files in loaded for name, info in part_files.items()}}
+    split_info = {"method": "given", "description": "train = *_train.csv (every training video), "
+                  "dev = *_dev.csv (16 videos of the official test split)"}
     mapping = {"scheme": "sentiment2", "description": "the files' binary labels as they are: 0 = negative, 1 = positive"}
     return write_dataset(out, data, converter="mosi-utterance-csv", source=source, label_mapping=mapping,
                          split_info=split_info, extra={"non_finite": {"policy": nf.policy, "replaced": nf.replaced}})
