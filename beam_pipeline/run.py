@@ -103,14 +103,18 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
     if config.acks_after_output:  # the DirectRunner acknowledges on pull: acknowledge after output instead
         acks.install()
         acks.hold(config.input_subscription, max_in_flight=acks.max_in_flight(config))
-    result = p.run()
     if config.streaming or not config.in_process:
+        result = p.run()
         if not config.in_process:
             job_id = getattr(result, "job_id", lambda: None)() if result is not None else None
             log.info("submitted %s job %s (id %s); when it has finished: emmr-score report --job %s", config.mode,
                      config.job_name, job_id, job_id)
         return result
-    state = result.wait_until_finish()
+    from beam_pipeline.progress import JobProgress, input_records
+
+    with JobProgress(input_records(config.input)):  # records out of records in, records/s, while the job runs here
+        result = p.run()
+        state = result.wait_until_finish()
     return summarize_local(result, state, options, config, model, started)
 
 

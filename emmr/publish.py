@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emmr.batch import parquet_files
+from emmr.progress import Progress
 from schemas.message import ATTR_ID, MAX_MESSAGE_BYTES, encode_record
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,15 @@ def ensure_topic(publisher, topic: str) -> bool:
             return False
 
 
+def _records_in(files: list[str], limit: int | None) -> int | None:
+    """How many records will be read, from the files' footers (None when a footer cannot be read)."""
+    try:
+        total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except (OSError, pa.ArrowException):
+        return limit
+    return min(total, limit) if limit is not None else total
+
+
 def publish(path: str, topic: str, project: str | None = None, rate: float | None = None, limit: int | None = None,
             create_topic: bool | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES, batch_size: int = 1024,
             timeout_s: float = 300.0, publisher=None, progress_every_s: float = 10.0) -> PublishReport:
@@ -235,9 +245,11 @@ def publish(path: str, topic: str, project: str | None = None, rate: float | Non
     tracker = _Tracker(report)
     log.info("publishing records of %d file(s) at %s to %s%s%s", len(files), path, topic_path,
              f" at most {rate:g}/s" if rate else "", f" (at most {limit})" if limit is not None else "")
-    t0 = last_progress = time.monotonic()
+    t0 = time.monotonic()
+    meter = Progress(f"publishing to {topic_path}", total=_records_in(files, limit), every_s=progress_every_s, logger=log)
     for f, row, record in iter_records(path, batch_size=batch_size, limit=limit):
         report.read += 1
+        meter.update()
         where = f"{f}#row={row}"
         try:
             data, attributes = encode_record(record, max_bytes=max_message_bytes)
@@ -252,9 +264,7 @@ def publish(path: str, topic: str, project: str | None = None, rate: float | Non
             tracker.error("publish", f"{where}: publish failed: {type(e).__name__}: {e}")
             continue
         tracker.submit(future, where)
-        if time.monotonic() - last_progress >= progress_every_s:
-            last_progress = time.monotonic()
-            log.info("read %d records, %d published so far", report.read, report.published)
+    meter.close()
     tracker.wait(timeout_s)
     report.seconds = time.monotonic() - t0
     if own_publisher:

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from emmr.batch import ModalityBatch
 from emmr.config import ModelConfig
 from emmr.metrics import accuracy, macro_f1
 from emmr.missing import seeded_rng, simulate_missing
+from emmr.progress import Progress
 from emmr.nn.emmr import EMMR
 from emmr.nn.losses import backward_loss, forward_loss, task_loss, total_loss
 from emmr.nn.teacher import FullModalityNetwork
@@ -116,17 +116,20 @@ def _fit(model, params, batch_fn, n, epochs, cfg, validate, desc, progress):
         rng = seeded_rng(cfg.seed, 11, epoch)
         prepare = batch_fn(epoch)
         started, total, count = time.perf_counter(), 0.0, 0
-        for idx in tqdm(_minibatches(n, cfg.batch_size, rng), desc=f"{desc} {epoch + 1}/{epochs}", leave=False, disable=not progress):
-            loss = prepare(idx)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + loss.item() * len(idx), count + len(idx)
+        with Progress(f"{desc} epoch {epoch + 1}/{epochs}", total=n, logger=log, enabled=progress) as meter:
+            for idx in _minibatches(n, cfg.batch_size, rng):
+                loss = prepare(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total, count = total + loss.item() * len(idx), count + len(idx)
+                meter.update(len(idx))
         scores = validate()
         history.append({"epoch": epoch + 1, "loss": total / max(count, 1), **scores, "seconds": time.perf_counter() - started})
         improved = best is None or scores[cfg.select_metric] > best[cfg.select_metric]
-        log.info("%s epoch %d/%d: loss %.4f, val accuracy %.4f, val macro-F1 %.4f%s", desc, epoch + 1, epochs,
-                 history[-1]["loss"], scores["accuracy"], scores["macro_f1"], " (best)" if improved else "")
+        log.info("%s epoch %d/%d: loss %.4f, val accuracy %.4f, val macro-F1 %.4f%s (%.1f s, %.0f records/s)", desc,
+                 epoch + 1, epochs, history[-1]["loss"], scores["accuracy"], scores["macro_f1"],
+                 " (best)" if improved else "", history[-1]["seconds"], count / max(history[-1]["seconds"], 1e-9))
         if improved:
             best, best_state, since_best = {**scores, "epoch": epoch + 1}, copy.deepcopy(model.state_dict()), 0
         else:

@@ -12,6 +12,7 @@ import logging
 import os
 
 from emmr.commands.options import add_protocol_arguments, check_output_folder, parse_rates
+from emmr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_protocol_arguments(p)
 
 
+class CountingScorer:
+    """A Scorer that reports the records it scores to a Progress (evaluate() itself stays unaware of progress)."""
+
+    def __init__(self, scorer, progress):
+        self._scorer, self._progress = scorer, progress
+
+    def score(self, batch):
+        scores = self._scorer.score(batch)
+        self._progress.update(len(batch))
+        return scores
+
+    def __getattr__(self, name):
+        return getattr(self._scorer, name)
+
+
 def run(args: argparse.Namespace) -> int:
     from emmr.batch import load_records
     from emmr.evaluate import evaluate
@@ -34,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     rates = parse_rates(args.missing_rates)
     scorer = Scorer.load(args.checkpoint, args.device)
     batch, table = load_records(args.data, scorer.config.modalities, scorer.config.num_classes)
-    result = evaluate(scorer, batch, table, rates=rates, seeds=range(args.seeds))
+    runs = len(rates) * args.seeds
+    with Progress(f"evaluating {runs} runs (rates x seeds)", total=runs * len(batch), logger=log, summary=True) as meter:
+        result = evaluate(CountingScorer(scorer, meter), batch, table, rates=rates, seeds=range(args.seeds))
     method = scorer.meta.get("method", "model")
     paths = write_all({method: result}, args.out, f"Evaluation of {method} ({scorer.version}) on {args.data}",
                       list(scorer.config.label_names),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 from emmr.commands.options import PRESET_HELP, add_training_arguments, check_output_folder
 from emmr.config import PRESETS
@@ -38,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_training_arguments(p, ("epochs", "teacher_epochs", "batch_size", "lr", "seed", "missing_rate", "patience",
                                "device"))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, usually one per core)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress within an epoch (a bar on a terminal, else a log line every 10 s); epochs are still logged")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("training %s on %d records of %s, validating on %d (%s; %s)", train_cfg.method, len(train), train_path,
              len(val), val_path or "carved from the training data",
              ", ".join(f"{k}={v}" for k, v in sorted(train_cfg.__dict__.items())))
-    result = train_emmr(train, val, model_cfg, train_cfg, progress=not args.no_progress and sys.stderr.isatty())
+    result = train_emmr(train, val, model_cfg, train_cfg, progress=not args.no_progress)
     metrics = {**result.metrics, "validation_data": val_path or "carved from the training data", "history": result.history}
     version = checkpoint.save(args.out, result.model, method=train_cfg.method, train_config=train_cfg.__dict__,
                               metrics=metrics, data_fingerprint=fingerprint(train_path, len(data)), teacher=result.teacher)
