@@ -210,10 +210,12 @@ class Leases:
 
 def max_in_flight(config) -> int:
     """How many messages a job may hold unacknowledged: a few batches; and, when predictions or dead letters go to
-    streaming Parquet files (acknowledged only when the file is written, every --window_s), room for 100 messages a
-    second over a window, so that the window does not throttle the job."""
+    streaming Parquet files (acknowledged once a window's file is in place: up to about three windows and two
+    grace periods after its first message, beam_pipeline/writes.py), room for 100 messages a second over that
+    time, so that the windows do not throttle the job."""
     files = bool(config.output) or not config.dead_letter_is_topic
-    return max(1000, 4 * config.batch_size) + (int(100 * config.window_s) if files else 0)
+    held_s = 3 * config.window_s + 4 * max(2.0, 2 * config.batch_duration_s)
+    return max(1000, 4 * config.batch_size) + (int(100 * held_s) if files else 0)
 
 
 _lock = threading.Lock()

@@ -26,9 +26,7 @@ import pyarrow as pa
 
 from beam_pipeline import PIPELINE_VERSION
 from beam_pipeline.elements import ScoringBatch
-from emmr.batch import modality_array
 from schemas.arrow import MAX_PAYLOAD_BYTES, SCHEMA_VERSION, dead_letter_schema
-from schemas.modality import ModalitySpec
 
 UNREADABLE_FILE = "unreadable_file"  # not Parquet (no footer): one dead letter for the file
 UNREADABLE_ROW_GROUP = "unreadable_row_group"  # footer fine, a row group's pages are not: one for the row group
@@ -83,27 +81,18 @@ def table(letters: list[DeadLetter]) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
-def batch_payload(batch: ScoringBatch, i: int, modalities: tuple[ModalitySpec, ...]) -> bytes:
-    """Record i of a ScoringBatch, rebuilt as an input v1 row in Arrow IPC (for dead letters after decoding)."""
-    one = batch.take(np.array([i]))
-    r = one.records
-    columns = {"id": pa.array(r.ids.tolist(), pa.string())}
-    for m in modalities:
-        columns[m.name] = modality_array(r.features[m.name], r.lengths[m.name], m)
-    columns["label"] = pa.array(r.labels, pa.int64(), mask=r.labels < 0)
-    return ipc_bytes(pa.table(columns))
-
-
 def for_records(batch: ScoringBatch, rows: list[int] | np.ndarray, kind: str, messages: list[str] | str,
-                modalities: tuple[ModalitySpec, ...], failed_at_us: int | None = None) -> list[DeadLetter]:
-    """Dead letters for records of a decoded batch (inference failures)."""
+                failed_at_us: int | None = None) -> list[DeadLetter]:
+    """Dead letters for records of a decoded batch (inference failures); the payload is the record as decoded (a
+    one-row input v1 Arrow IPC stream, message v1's encoding)."""
     at = failed_at_us if failed_at_us is not None else now_us()
     rows = [int(i) for i in rows]
     if isinstance(messages, str):
         messages = [messages] * len(rows)
+    ids = batch.table.column("id")
     return [
-        DeadLetter(id=str(batch.ids[i]), source=batch.source_of(i), error_kind=kind,
-                   error=f"record {str(batch.ids[i])!r}: {msg}", payload=batch_payload(batch, i, modalities),
+        DeadLetter(id=str(ids[i]), source=batch.source_of(i), error_kind=kind,
+                   error=f"record {str(ids[i])!r}: {msg}", payload=ipc_bytes(batch.table.slice(i, 1)),
                    failed_at_us=at)
         for i, msg in zip(rows, messages)
     ]

@@ -1,10 +1,12 @@
 """Decoding and validation, as plain functions (no runner): Arrow in, ScoringBatches and dead letters out.
 
 Batch mode validates a whole Parquet row group (or slice, see sources.py) at once (vectorised, schemas.validate),
-keeps the valid rows, and pads them to numpy in slices of at most --batch_size records (emmr.batch.from_arrow).
-Streaming decodes one message v1 into a one-row batch and validates it the same way. Every invalid record becomes
+keeps the valid rows in the canonical Arrow layout (beam_pipeline/padding.py) and cuts them into ScoringBatches of
+at most --batch_size records (zero-copy slices). Streaming decodes a batch of messages v1 (batched before
+decoding, beam_pipeline/pipeline.py): each message's own checks one by one, then its records validated together,
+vectorised, into one ScoringBatch. Nothing is padded here: the model handler pads. Every invalid record becomes
 exactly one dead letter naming its id, field and reason; valid ids that repeat across row groups or messages are
-kept (validation sees one batch; downstream can remove duplicates by id).
+kept (validation sees one row group or one message; downstream can remove duplicates by id).
 
 Beyond the contract's checks (schemas/validate.py), the job checks what would otherwise crash a later step or
 reach the model silently changed:
@@ -13,7 +15,7 @@ reach the model silently changed:
 - float64 values beyond float32's range, finite in the file but infinite once padded to float32: `non_finite`;
 - a message whose Arrow IPC body is compressed: `corrupt_message` (a 4 MiB message could decompress to gigabytes;
   message v1 is uncompressed, so the payload bounds the decoded size).
-`decode_chunk_safely` / `decode_message_safely` are what the pipeline calls: any exception that still escapes
+`decode_chunk_safely` / `decode_messages_safely` are what the pipeline calls: any exception that still escapes
 becomes dead letters of kind `decode_error` for the records at hand, never a failed bundle.
 """
 
@@ -28,8 +30,8 @@ import pyarrow as pa
 
 from beam_pipeline import dead_letters
 from beam_pipeline.dead_letters import DeadLetter
-from beam_pipeline.elements import NO_TIME, ParquetChunk, ScoringBatch
-from emmr.batch import from_arrow
+from beam_pipeline.elements import NO_TIME, Message, ParquetChunk, ScoringBatch
+from beam_pipeline.padding import canonical_table
 from schemas.message import ATTR_ID, CORRUPT_MESSAGE, MAX_MESSAGE_BYTES, MessageError, decode_message
 from schemas.modality import ModalitySpec
 from schemas.validate import NON_FINITE, list_lengths, validate_input
@@ -265,14 +267,14 @@ def decode_chunk(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBatch], l
         keep = np.array([r not in more for r in range(good.num_rows)], dtype=bool)
         valid_rows, good = valid_rows[keep], good.filter(pa.array(keep))
     chunk_rows = rows[valid_rows]
+    good = canonical_table(good, d.modalities)
     times = event_times(good)
     batches = []
     for start in range(0, good.num_rows, d.batch_size):
         piece = good.slice(start, d.batch_size)  # zero-copy
         stop = start + piece.num_rows
-        batches.append(ScoringBatch(records=from_arrow(piece, d.modalities), event_time_us=times[start:stop],
-                                    publish_time_us=None, source=chunk.path,
-                                    rows=chunk.first_row + chunk_rows[start:stop]))
+        batches.append(ScoringBatch(table=piece, event_time_us=times[start:stop], publish_time_us=None,
+                                    source=chunk.path, rows=chunk.first_row + chunk_rows[start:stop]))
     return batches, letters
 
 
@@ -298,48 +300,125 @@ def decode_chunk_safely(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBa
 # ------------------------------------------------------------------------------------------- messages
 
 
-def decode_message_record(data: bytes | None, attributes: dict[str, str] | None, message_id: str | None,
-                          publish_time_us: int, d: Decoder) -> ScoringBatch | DeadLetter:
-    """One Pub/Sub message v1 -> a one-record ScoringBatch, or its dead letter."""
-    attributes = dict(attributes or {})
-    data = bytes(data or b"")
-    source = f"pubsub:{message_id}"
+def _screen(m: Message, at: int) -> pa.RecordBatch | DeadLetter:
+    """One message's own checks (size, compression, IPC, attributes): its one-row record batch, or its dead letter."""
+    data, attributes = m.data, m.attributes
+    source = f"pubsub:{m.message_id}"
     claimed_id = attributes.get(ATTR_ID)
-    at = dead_letters.now_us()
     if len(data) <= MAX_MESSAGE_BYTES and compressed_ipc(data):
         return DeadLetter(claimed_id, source, CORRUPT_MESSAGE,
                           f"record {claimed_id!r}: the Arrow IPC body is compressed; message v1 is uncompressed (a "
                           f"compressed body could decode to far more than the {MAX_MESSAGE_BYTES}-byte limit)",
                           data, at)
     try:
-        record = decode_message(data, attributes)
+        return decode_message(data, attributes)
     except MessageError as e:
         return DeadLetter(claimed_id, source, e.kind, str(e), data, at)
-    t = pa.Table.from_batches([record])
-    result = validate_input(t, d.modalities, d.num_classes)
-    if result.errors:
-        e = result.errors[0]
-        return DeadLetter(e.record_id or claimed_id, source, e.kind, str(e), data, at)
-    record_id = t.column("id")[0].as_py()
-    if claimed_id is not None and claimed_id != record_id:
-        return DeadLetter(record_id, source, BAD_ATTRIBUTES,
-                          f"record {record_id!r}: attribute {ATTR_ID!r} says {claimed_id!r}", data, at)
-    more = post_validation_errors(t, d)
-    if more:
-        kind, field, message = more[0]
-        return DeadLetter(record_id, source, kind, f"record {record_id!r}, field {field!r}: {kind}: {message}", data,
-                          at)
-    return ScoringBatch(records=from_arrow(t, d.modalities), event_time_us=event_times(t),
-                        publish_time_us=np.array([publish_time_us], dtype=np.int64), source=source, rows=None)
+
+
+def decode_messages(messages: list[Message], d: Decoder) -> tuple[ScoringBatch | None, list[DeadLetter]]:
+    """A batch of Pub/Sub messages v1 -> one ScoringBatch of their valid records (canonical Arrow, None when there
+    is none), and one dead letter per message that cannot be scored.
+
+    Each message is screened on its own (size, compression, IPC, attributes: one row each); the records are then
+    validated together, one vectorised pass per schema (the messages of one producer share theirs), so that a
+    message costs about what a row of a Parquet row group costs. Ids repeated across messages are scored: each
+    message is its own record."""
+    at = dead_letters.now_us()
+    letters: list[DeadLetter] = []
+    groups: list[tuple[pa.Schema, list[pa.RecordBatch], list[Message]]] = []
+    for m in messages:
+        screened = _screen(m, at)
+        if isinstance(screened, DeadLetter):
+            letters.append(screened)
+            continue
+        for schema, batches, members in groups:
+            if schema.equals(screened.schema, check_metadata=True):
+                batches.append(screened)
+                members.append(m)
+                break
+        else:
+            groups.append((screened.schema, [screened], [m]))
+    tables, kept = [], []
+    for _, batches, members in groups:
+        t = pa.Table.from_batches(batches)
+        result = validate_input(t, d.modalities, d.num_classes, duplicates=False)
+        for e in result.errors:
+            m = members[e.row]
+            letters.append(DeadLetter(e.record_id or m.attributes.get(ATTR_ID), f"pubsub:{m.message_id}", e.kind,
+                                      str(replace(e, row=0)), m.data, at))
+        rows = np.flatnonzero(result.valid)
+        if not len(rows):
+            continue
+        if len(rows) < t.num_rows:
+            t, members = t.take(pa.array(rows)), [members[r] for r in rows]
+        ids = t.column("id").to_pylist()
+        ok = np.ones(t.num_rows, dtype=bool)
+        for r, (record_id, m) in enumerate(zip(ids, members)):
+            claimed = m.attributes.get(ATTR_ID)
+            if claimed is not None and claimed != record_id:
+                ok[r] = False
+                letters.append(DeadLetter(record_id, f"pubsub:{m.message_id}", BAD_ATTRIBUTES,
+                                          f"record {record_id!r}: attribute {ATTR_ID!r} says {claimed!r}", m.data, at))
+        for r, (kind, field, message) in sorted(post_validation_errors(t, d).items()):
+            if ok[r]:
+                ok[r] = False
+                letters.append(DeadLetter(ids[r], f"pubsub:{members[r].message_id}", kind,
+                                          f"record {ids[r]!r}, field {field!r}: {kind}: {message}", members[r].data,
+                                          at))
+        if not ok.all():
+            t, members = t.filter(pa.array(ok)), [m for m, keep in zip(members, ok) if keep]
+        if t.num_rows:
+            tables.append(canonical_table(t, d.modalities))
+            kept += members
+    if not kept:
+        return None, letters
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    return ScoringBatch(table=table, event_time_us=event_times(table),
+                        publish_time_us=np.array([m.publish_time_us for m in kept], dtype=np.int64), source="pubsub",
+                        message_ids=np.array([m.message_id for m in kept], dtype=object)), letters
+
+
+def _decode_error(m: Message, e: Exception) -> DeadLetter:
+    claimed = m.attributes.get(ATTR_ID) if isinstance(m.attributes, dict) else None
+    return DeadLetter(claimed, f"pubsub:{m.message_id}", dead_letters.DECODE_ERROR,
+                      f"record {claimed!r}: decoding raised {e!r}", bytes(m.data or b""), dead_letters.now_us())
+
+
+def decode_messages_safely(messages: list[Message], d: Decoder) -> tuple[list[ScoringBatch], list[DeadLetter]]:
+    """decode_messages; should it raise all the same, each message is decoded alone, and a message that still
+    raises becomes a `decode_error` dead letter (its neighbours are scored)."""
+    try:
+        batch, letters = decode_messages(messages, d)
+        return ([batch] if batch is not None else []), letters
+    except Exception:  # noqa: BLE001 - a bad message fails itself, never its batch or the job
+        log.exception("decoding a batch of %d messages raised; decoding them one by one", len(messages))
+    batches, letters = [], []
+    for m in messages:
+        try:
+            batch, more = decode_messages([m], d)
+        except Exception as e:  # noqa: BLE001
+            log.exception("decoding message %s raised; it goes to dead letters", m.message_id)
+            batch, more = None, [_decode_error(m, e)]
+        batches += [batch] if batch is not None else []
+        letters += more
+    return batches, letters
+
+
+def as_message(data: bytes | None, attributes: dict[str, str] | None, message_id: str | None,
+               publish_time_us: int) -> Message:
+    return Message(bytes(data or b""), dict(attributes or {}), str(message_id), int(publish_time_us))
+
+
+def decode_message_record(data: bytes | None, attributes: dict[str, str] | None, message_id: str | None,
+                          publish_time_us: int, d: Decoder) -> ScoringBatch | DeadLetter:
+    """One Pub/Sub message v1 -> a one-record ScoringBatch, or its dead letter (decode_messages for one)."""
+    batch, letters = decode_messages([as_message(data, attributes, message_id, publish_time_us)], d)
+    return batch if batch is not None else letters[0]
 
 
 def decode_message_safely(data: bytes | None, attributes: dict[str, str] | None, message_id: str | None,
                           publish_time_us: int, d: Decoder) -> ScoringBatch | DeadLetter:
     """decode_message_record; should it raise all the same, the message becomes a `decode_error` dead letter."""
-    try:
-        return decode_message_record(data, attributes, message_id, publish_time_us, d)
-    except Exception as e:  # noqa: BLE001 - a bad message fails itself, never the job
-        log.exception("decoding message %s raised; it goes to dead letters", message_id)
-        claimed = (attributes or {}).get(ATTR_ID) if isinstance(attributes, dict) else None
-        return DeadLetter(claimed, f"pubsub:{message_id}", dead_letters.DECODE_ERROR,
-                          f"record {claimed!r}: decoding raised {e!r}", bytes(data or b""), dead_letters.now_us())
+    batches, letters = decode_messages_safely([as_message(data, attributes, message_id, publish_time_us)], d)
+    return batches[0] if batches else letters[0]

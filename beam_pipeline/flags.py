@@ -49,7 +49,13 @@ def add_scoring_arguments(parser) -> None:
     g.add_argument("--batch_duration_s", type=float, default=0.5,
                    help="streaming: longest wait to fill a batch, seconds, at most 10 (default 0.5)")
     g.add_argument("--window_s", type=float, default=60.0,
-                   help="streaming Parquet outputs: each worker writes a file every this many seconds (default 60)")
+                   help="streaming: event-time windows of this many seconds (publication time); Parquet outputs get "
+                        "--file_shards files per window (default 60)")
+    g.add_argument("--file_shards", type=int, default=2,
+                   help="streaming Parquet outputs: files per window and firing (default 2)")
+    g.add_argument("--allowed_lateness_s", type=float, default=86400.0,
+                   help="streaming: how long after its window a message is still scored into it (a later firing, "
+                        "its own files); later ones are dropped by Beam (default 86400: one day)")
     g.add_argument("--share_model", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false",
                    help="true: one model per machine shared by its worker processes (large models; see "
                         "--model_copies); --share_model alone means true (default false)")

@@ -1,14 +1,15 @@
 """The EMMR model handler for RunInference: ScoringBatches in (ids travel inside them), ScoredBatches out.
 
 Beam's PyTorch handler stacks one tensor per example and cannot batch variable-length or missing modalities;
-this one concatenates already padded numpy batches (every modality padded to the model's max_len, length 0 =
-missing), lets emmr.scorer.Scorer turn them into torch on the chosen device under `torch.inference_mode`, and
-hands numpy back. Torch never leaves this module.
+this one takes compact Arrow records (beam_pipeline/elements.py), pads them here, just before the model, into
+buffers it reuses (beam_pipeline/padding.py: every modality to the model's max_len, length 0 = missing; pinned
+host memory on CUDA), lets emmr.scorer.Scorer turn them into torch on the chosen device under
+`torch.inference_mode`, and hands numpy back. Torch never leaves this module.
 
 Batching: in batch mode each element already holds up to --batch_size records, so RunInference's BatchElements
 weighs elements by their record count and groups small ones up to --batch_size (it never splits one); in
-streaming each element holds one record, and batches close at --batch_size records or after
---batch_duration_s seconds.
+streaming the job batches messages before decoding (size and latency bound), so each element is a batch and
+RunInference's own batching is skipped (`should_skip_batching`).
 
 A failure never takes its batch neighbours with it: when the model raises on a batch something records can cause
 (beam_pipeline/faults.py), the batch is bisected until only the records that fail on their own remain; they come
@@ -32,9 +33,10 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from beam_pipeline import metrics
 from beam_pipeline.dead_letters import INFERENCE_ERROR, NON_FINITE_OUTPUT
-from beam_pipeline.faults import BatchFailed, caused_by_records
 from beam_pipeline.elements import ScoringBatch
-from emmr.batch import ModalityBatch, concat_batches
+from beam_pipeline.faults import BatchFailed, caused_by_records
+from beam_pipeline.padding import Padder
+from emmr.batch import ModalityBatch
 from emmr.scorer import Scorer, Scores
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class ScoredBatch:
     failures: dict[int, tuple[str, str]]  # record index -> (dead-letter kind, message)
     model: ModelInfo
     scored_at_us: int = 0
+    present: np.ndarray | None = None  # (B, M) bool: the modalities each record has (from padding)
 
     def ok(self) -> np.ndarray:
         """(B,) bool: records with a prediction."""
@@ -143,10 +146,12 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
                  torch_threads: int | None = None, batch_size: int = 256, batch_duration_s: float | None = None,
                  share_model: bool = False, model_copies: int | None = None, clock=time, metrics_port: int = 0,
                  metrics_addr: str = "0.0.0.0"):
-        """batch_duration_s: None in batch mode (elements are record batches); seconds in streaming.
+        """batch_duration_s: None in batch mode (RunInference batches elements up to batch_size records); seconds in
+        streaming (the job batched messages already: RunInference's batching is skipped).
         metrics_port/metrics_addr: where the worker process serves /metrics (0: off), started when RunInference
         sets up, before the model loads."""
         super().__init__()
+        self._padder: Padder | None = None
         self._model_path, self._device, self._autocast = model_path, device, autocast
         self._torch_threads, self._batch_size, self._batch_duration_s = torch_threads, batch_size, batch_duration_s
         self._share, self._copies = share_model or model_copies is not None, model_copies
@@ -191,7 +196,7 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         that escapes it becomes BatchFailed (RunInference's exception output: dead letters for the batch); anything
         else propagates and fails the bundle."""
         try:
-            return self.score_elements(list(batch), model)
+            return self.score_elements([batch] if isinstance(batch, ScoringBatch) else list(batch), model)
         except BatchFailed:
             raise
         except Exception as e:
@@ -209,8 +214,9 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         scoring = [e for e in elements if len(e)]
         if not scoring:
             return [ScoredBatch(e, _empty_scores(0, len(info.label_names)), {}, info) for e in elements]
-        records = concat_batches([e.records for e in scoring])
         started = self._clock.perf_counter()
+        records = self.pad([e.table for e in scoring])
+        present = np.stack([records.lengths[n] > 0 for n in records.names], axis=1)
         outcome = score_robustly(model, records, len(info.label_names))
         rec.observe(metrics.INFERENCE_LATENCY, self._clock.perf_counter() - started)
         rec.observe(metrics.BATCH_SIZE, len(records))
@@ -219,21 +225,36 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         for e in elements:
             stop = start + len(e)
             failures = {i - start: f for i, f in outcome.failures.items() if start <= i < stop}
-            out.append(ScoredBatch(e, _slice(outcome.scores, start, stop), failures, info, scored_at_us))
+            out.append(ScoredBatch(e, _slice(outcome.scores, start, stop), failures, info, scored_at_us,
+                                   present[start:stop]))
             start = stop
         return out
 
-    def get_num_bytes(self, batch: Sequence[ScoringBatch]) -> int:
-        return sum(sum(f.nbytes for f in e.records.features.values()) for e in batch)
+    def pad(self, tables) -> ModalityBatch:
+        """Canonical Arrow records -> the model's padded arrays, in this handler's reused buffers (the one place
+        padding happens: beam_pipeline/padding.py)."""
+        if self._padder is None:
+            from emmr import checkpoint
+            from emmr.config import ModelConfig
+
+            config = ModelConfig.from_dict(checkpoint.read_meta(self._model_path)["model"])
+            self._padder = Padder(tuple(config.modalities), pinned=self._device.startswith("cuda"))
+        return self._padder.pad(tables)
+
+    def get_num_bytes(self, batch) -> int:
+        elements = [batch] if isinstance(batch, ScoringBatch) else batch
+        return sum(e.table.nbytes for e in elements)
+
+    def should_skip_batching(self) -> bool:
+        """Streaming: elements are batches already (the job batches messages before decoding)."""
+        return self._batch_duration_s is not None
 
     def get_metrics_namespace(self) -> str:
         return "emmr.RunInference"
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        if self._batch_duration_s is None:  # batch mode: elements are record batches, weighed by record count
-            return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size, "element_size_fn": len}
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size,
-                "max_batch_duration_secs": self._batch_duration_s}
+        """Batch mode: elements are record batches, weighed by record count (streaming skips this batching)."""
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size, "element_size_fn": len}
 
     def share_model_across_processes(self) -> bool:
         return self._share

@@ -76,6 +76,9 @@ class JobConfig:
     job_name: str
     summary_json: str | None = None
     in_process: bool = False  # the runner runs the job in this process (DirectRunner): it is its own worker
+    file_shards: int = 2
+    allowed_lateness_s: float = 86400.0
+    job_id: str | None = None  # a local run's id (run() sets it); remote runners' workers read theirs (JOB_ID)
 
     @property
     def streaming(self) -> bool:
@@ -145,6 +148,10 @@ def check_options(options: PipelineOptions) -> JobConfig:
         problems.append(f"--batch_duration_s must be in (0, 10] seconds, got {o.batch_duration_s}")
     if not (o.window_s is not None and o.window_s > 0):
         problems.append(f"--window_s must be positive, got {o.window_s}")
+    if o.file_shards is None or o.file_shards < 1:
+        problems.append(f"--file_shards must be at least 1, got {o.file_shards}")
+    if o.allowed_lateness_s is None or o.allowed_lateness_s < 0:
+        problems.append(f"--allowed_lateness_s must be 0 or more, got {o.allowed_lateness_s}")
     if o.torch_threads is not None and o.torch_threads < 1:
         problems.append(f"--torch_threads must be at least 1, got {o.torch_threads}")
     if o.model_copies is not None and o.model_copies < 1:
@@ -188,6 +195,8 @@ def check_options(options: PipelineOptions) -> JobConfig:
         job_name=options.view_as(GoogleCloudOptions).job_name or DEFAULT_JOB_NAME,
         summary_json=o.summary_json,
         in_process=in_process,
+        file_shards=o.file_shards,
+        allowed_lateness_s=o.allowed_lateness_s,
     )
 
 

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from beam_pipeline.elements import NO_TIME
 from beam_pipeline.handler import ScoredBatch
+from beam_pipeline.padding import present
 from schemas.arrow import SCHEMA_VERSION, prediction_schema
 
 SCHEMA = prediction_schema()
@@ -36,14 +37,15 @@ def prediction_table(scored: ScoredBatch) -> pa.Table:
     keep = scored.ok()
     b = scored.batch if keep.all() else scored.batch.take(np.flatnonzero(keep))
     s = scored.scores
+    if scored.present is None:  # scored elsewhere than by the handler: read it off the records
+        scored.present = present(scored.batch.table, scored.model.modality_names)
     probs = s.probabilities[keep].astype(np.float32, copy=False)
     label_index = s.label_index[keep]
     key_modality = s.key_modality[keep]
     label_pair = s.label_pair[keep]
     n, classes = probs.shape
     info = scored.model
-    present = b.records.present()  # (n, M)
-    missing = ~present
+    missing = ~scored.present[keep]  # (n, M)
     per_row = missing.sum(axis=1)
     missing_names = np.asarray(info.modality_names, dtype=object)[np.nonzero(missing)[1]]  # row-major order
     missing_col = pa.ListArray.from_arrays(
@@ -57,7 +59,7 @@ def prediction_table(scored: ScoredBatch) -> pa.Table:
     else:
         latency = pa.array((scored.scored_at_us - b.publish_time_us) / 1e6, pa.float64())
     columns = [
-        pa.array(b.ids.tolist(), pa.string()),
+        b.table.column("id").combine_chunks(),
         _names(label_index, info.label_names),
         pa.array(label_index.astype(np.int32)),
         probs_col,

@@ -1,46 +1,55 @@
 """`build_pipeline(p, config, model)`: adds the scoring job's steps to a pipeline it is given.
 
-    batch:      ReadParquetChunks -> DecodeChunks -> Reshuffle* -------+
-    streaming:  ReadMessages      -> DecodeMessages -------------------+
-                                        | dead letters                 | ScoringBatch (numpy, ids inside)
+    batch:      ReadParquetChunks -> DecodeChunks -> Reshuffle* ----------------------------------------+
+    streaming:  ReadMessages -> PulledMessages -> Window (event time) -> KeyForBatching                 |
+                  -> GroupIntoBatches.WithShardedKey (size, latency) -> DecodeMessageBatches ----------+
+                                        | dead letters                 | ScoringBatch (compact Arrow, ids inside)
                                         |                     RunInference(EMMRModelHandler).with_exception_handling()
-                                        |                     /                              \\ failed batches
+                                        |                     /      (pads, scores)          \\ failed batches
                                         |           FormatPredictions                      InferenceFailures
                                         |           /              \\ failed records          |
                                         |   prediction v1 tables     +------------------------+
                                         +-----------------------> Flatten -> CountDeadLetters -> dead letter v1
-    predictions -> WriteToParquetBatched (--output) and/or JSON -> WriteToPubSub (--output_topic)
-    dead letters -> WriteToParquetBatched, or JSON -> WriteToPubSub (--dead_letter as a topic)
-    (streaming Parquet: one file per worker every --window_s seconds, see WriteTables)
+    predictions -> Parquet (--output) and/or JSON -> WriteToPubSub (--output_topic)
+    dead letters -> Parquet, or JSON -> WriteToPubSub (--dead_letter as a topic)
+    (Parquet: batch, WriteToParquetBatched; streaming, --file_shards files per window, beam_pipeline/writes.py)
 
 * remote runners only (Dataflow); in-process runners have one worker and go without.
+
+Streaming moves tables, as batch mode does: messages are windowed by publication time (FixedWindows of
+--window_s, allowed lateness --allowed_lateness_s), batched before decoding under one logical key that
+GroupIntoBatches.WithShardedKey spreads over every worker thread (Dataflow shards it itself), at most --batch_size
+messages or --batch_duration_s seconds per batch, then decoded and validated together. What the shuffle, the
+batching state and the writes carry is compact Arrow; the handler pads (beam_pipeline/padding.py).
 
 Every record leaves as exactly one prediction or one dead letter (conservation, counted by the metrics of
 beam_pipeline/metrics.py). Elements are Arrow tables and numpy arrays; torch lives inside the handler.
 """
 
 import logging
+import math
 import os
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms import trigger, util, window
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.util import GroupIntoBatches
 
 from beam_pipeline import acks, dead_letters, metrics, outputs, paths
 from beam_pipeline.acks import AckAfter
-from beam_pipeline.decode import Decoder, decode_chunk_safely, decode_message_safely
-from beam_pipeline.dead_letters import DeadLetter
-from beam_pipeline.elements import ParquetChunk, ScoringBatch
+from beam_pipeline.decode import Decoder, as_message, decode_chunk_safely, decode_messages_safely
+from beam_pipeline.elements import Message, ParquetChunk, ScoringBatch
 from beam_pipeline.faults import BatchFailed
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
+from beam_pipeline.jobs import new_local_id
 from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
 from beam_pipeline.worker import ServeMetricsAtWorkerStart  # noqa: F401 - defined here, so Dataflow's workers import it
+from beam_pipeline.writes import PublishTables, WriteTables
 from emmr import checkpoint
 from emmr.config import ModelConfig
 from schemas.arrow import dead_letter_schema, prediction_schema
@@ -182,22 +191,32 @@ class DecodeChunks(_Metered):
             yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table(letters))
 
 
-class DecodeMessages(_Metered):
-    """PubsubMessage -> a one-record ScoringBatch, or a one-row dead-letter table (tagged)."""
+class PulledMessages(_Metered):
+    """PubsubMessage -> Message (bytes, attributes, id, publication time), counted as it enters the job."""
+
+    def process(self, message, timestamp=beam.DoFn.TimestampParam):
+        self.rec.count(metrics.INPUT_RECORDS)
+        published = message.publish_time.timestamp() if message.publish_time is not None else float(timestamp)
+        yield as_message(message.data, message.attributes, message.message_id, int(round(published * 1e6)))
+
+
+def key_for_batching(message: Message):
+    """One logical key: GroupIntoBatches.WithShardedKey spreads it over every worker thread (Dataflow: autosharded)."""
+    return 0, message
+
+
+class DecodeMessageBatches(_Metered):
+    """(sharded key, [Message]) -> a ScoringBatch of the valid records; one dead-letter table (tagged)."""
 
     def __init__(self, decoder: Decoder, **kw):
         super().__init__(**kw)
         self._decoder = decoder
 
-    def process(self, message, timestamp=beam.DoFn.TimestampParam):
-        self.rec.count(metrics.INPUT_RECORDS)
-        published = message.publish_time.timestamp() if message.publish_time is not None else float(timestamp)
-        out = decode_message_safely(message.data, message.attributes, message.message_id,
-                                    int(round(published * 1e6)), self._decoder)
-        if isinstance(out, DeadLetter):
-            yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table([out]))
-        else:
-            yield out
+    def process(self, keyed):
+        batches, letters = decode_messages_safely(list(keyed[1]), self._decoder)
+        yield from batches
+        if letters:
+            yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table(letters))
 
 
 class FormatPredictions(_Metered):
@@ -225,8 +244,7 @@ class FormatPredictions(_Metered):
                 by_kind.setdefault(scored.failures[i][0], []).append(i)
             letters = []
             for kind, idx in by_kind.items():
-                letters += dead_letters.for_records(scored.batch, idx, kind, [scored.failures[i][1] for i in idx],
-                                                    self._modalities)
+                letters += dead_letters.for_records(scored.batch, idx, kind, [scored.failures[i][1] for i in idx])
             yield beam.pvalue.TaggedOutput(DEAD, dead_letters.table(letters))
 
     def _count(self, scored: ScoredBatch, t: pa.Table) -> None:
@@ -237,7 +255,7 @@ class FormatPredictions(_Metered):
         self.rec.count(metrics.RECORDS, n, outcome=metrics.PREDICTED)
         for label, c in zip(info.label_names, np.bincount(s.label_index[keep], minlength=len(info.label_names))):
             self.rec.count(metrics.PREDICTIONS, int(c), label=label)
-        present = scored.batch.records.present()[keep]
+        present = scored.present[keep]
         for name, c in zip(info.modality_names, (~present).sum(axis=0)):
             self.rec.count(metrics.MISSING, int(c), modality=name)
         key = s.key_modality[keep][s.key_missing[keep]]
@@ -262,7 +280,7 @@ class InferenceFailures(beam.DoFn):
         for e in elements:
             if isinstance(e, ScoringBatch) and len(e):
                 letters += dead_letters.for_records(e, range(len(e)), dead_letters.INFERENCE_ERROR,
-                                                    f"inference failed for its batch: {exc_repr}", self._modalities)
+                                                    f"inference failed for its batch: {exc_repr}")
         if letters:
             yield dead_letters.table(letters)
 
@@ -278,109 +296,18 @@ class CountDeadLetters(_Metered):
         yield t
 
 
-# --------------------------------------------------------------------------------------------- writes
-
-
-class WriteTables(beam.PTransform):
-    """Arrow tables -> Parquet. Batch: WriteToParquetBatched, files `<prefix>-SSSSS-of-NNNNN.parquet`.
-
-    Streaming: every `every_s` seconds (whole seconds, at least 1; processing time, in the global window, so nothing is ever late or dropped)
-    each worker process writes what it has as one file `<prefix>-<UTC time>-<8 hex>.parquet`, atomically (written
-    under a temporary name, then renamed). Beam 2.77's windowed WriteToParquetBatched is not used: it can rename a
-    file whose writer failed to close, leaving a file without its footer.
-    """
-
-    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, every_s: float, ack: AckAfter | None = None):
-        super().__init__()
-        self._prefix, self._schema, self._streaming, self._every_s = prefix, schema, streaming, every_s
-        self._ack = ack
-
-    def expand(self, tables):
-        if not self._streaming:
-            return tables | beam.io.WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
-        return (tables
-                | "Every" >> beam.WindowInto(window.GlobalWindows(),
-                                             trigger=trigger.Repeatedly(trigger.AfterProcessingTime(max(1, round(self._every_s)))),
-                                             accumulation_mode=trigger.AccumulationMode.DISCARDING)
-                | "KeyByWorker" >> beam.ParDo(util.WithSharedKey())
-                | "Gather" >> beam.GroupByKey()
-                | "WriteFile" >> beam.ParDo(_WriteParquetFile(self._prefix, self._schema, self._ack)))
-
-
-class _WriteParquetFile(beam.DoFn):
-    """One worker's tables -> one Parquet file, atomically; then (acks) the rows' messages are reported written."""
-
-    def __init__(self, prefix: str, schema: pa.Schema, ack: AckAfter | None = None):
-        self._prefix, self._schema, self._ack = prefix, schema, ack
-
-    def process(self, keyed):
-        import uuid
-        from datetime import datetime, timezone
-
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
-        tables = [t for t in keyed[1] if t.num_rows]
-        if not tables:
-            return
-        sources = [s for t in tables for s in acks.sources_of(t)] if self._ack else []
-        table = pa.concat_tables([t.replace_schema_metadata(self._schema.metadata) for t in tables])
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        final = f"{self._prefix}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
-        temp = FileSystems.join(FileSystems.split(final)[0], ".tmp-" + FileSystems.split(final)[1])
-        with FileSystems.create(temp) as f:
-            pq.write_table(table, f)
-        FileSystems.rename([temp], [final])
-        acks.done(self._ack, sources)
-        yield final
-
-
-class PublishTables(beam.PTransform):
-    """Arrow tables -> one Pub/Sub message per row, via `to_messages` (JSON with attributes).
-
-    Beam's WriteToPubSub (Dataflow's own sink there); with `ack` (in-process runs acknowledging after output), a
-    DoFn that publishes, waits for the server's confirmation at the end of each bundle, then reports the rows'
-    messages written."""
-
-    def __init__(self, topic: str, to_messages, ack: AckAfter | None = None):
-        super().__init__()
-        self._topic, self._to_messages, self._ack = topic, to_messages, ack
-
-    def expand(self, tables):
-        to_messages = self._to_messages
-        if self._ack is not None:
-            return tables | "PublishAndAck" >> beam.ParDo(_PublishRows(self._topic, to_messages, self._ack))
-        return (tables
-                | "ToMessages" >> beam.FlatMap(lambda t: [PubsubMessage(d, a) for d, a in to_messages(t)])
-                | "Publish" >> beam.io.WriteToPubSub(self._topic, with_attributes=True))
-
-
-class _PublishRows(beam.DoFn):
-    def __init__(self, topic: str, to_messages, ack: AckAfter):
-        self._topic, self._to_messages, self._ack = topic, to_messages, ack
-
-    def setup(self):
-        from google.cloud import pubsub_v1
-
-        self._client = pubsub_v1.PublisherClient()
-
-    def start_bundle(self):
-        self._pending: list = []
-        self._sources: list[str] = []
-
-    def process(self, table: pa.Table):
-        self._pending += [self._client.publish(self._topic, data, **attributes)
-                          for data, attributes in self._to_messages(table)]
-        self._sources += acks.sources_of(table)
-
-    def finish_bundle(self):
-        for future in self._pending:
-            future.result(timeout=120)  # raises: the bundle fails and nothing of it is acknowledged
-        acks.done(self._ack, self._sources)
-        self._pending, self._sources = [], []
-
-
 # --------------------------------------------------------------------------------------------- the graph
+
+
+def window_trigger(config: JobConfig) -> trigger.TriggerFn:
+    """When a window's outputs are written: once the watermark has passed its end AND `window_s + grace` seconds
+    have passed since its first element reached the write, so that records a little behind the watermark still make
+    the window's first (and usually only) firing; later records fire again, each late firing a pane of its own
+    (files named by pane). Records later than --allowed_lateness_s are dropped by Beam."""
+    grace = max(2.0, 2 * config.batch_duration_s)
+    delay = math.ceil(config.window_s + grace)  # whole seconds: Beam cannot translate a fractional delay
+    return trigger.Repeatedly(trigger.AfterAll(trigger.AfterWatermark(), trigger.AfterProcessingTime(delay)))
+
 
 
 @dataclass
@@ -403,6 +330,9 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
 
     `handler` replaces the model handler made from the options (tests inject faults through it)."""
     decoder = model.decoder(config.batch_size)
+    # Streaming file names carry the job id: a local run's (made here when the caller gave none), or on remote
+    # runners the one the workers find in their environment (Dataflow's JOB_ID).
+    job_id = config.job_id or (new_local_id() if config.in_process else None)
     served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr,
               "known": metrics.known_series(model.config.modality_names, model.config.label_names)}
     modalities = model.config.modalities
@@ -413,7 +343,14 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
     if config.streaming:
         decoded = (p
                    | "Read" >> ReadMessages(config.input_subscription, config.input_topic)
-                   | "Decode" >> beam.ParDo(DecodeMessages(decoder, **served)).with_outputs(DEAD, main="records"))
+                   | "Pulled" >> beam.ParDo(PulledMessages(**served))
+                   | "Window" >> beam.WindowInto(window.FixedWindows(config.window_s), trigger=window_trigger(config),
+                                                 allowed_lateness=config.allowed_lateness_s,
+                                                 accumulation_mode=trigger.AccumulationMode.DISCARDING)
+                   | "KeyForBatching" >> beam.Map(key_for_batching).with_output_types(
+                       beam.typehints.Tuple[int, beam.typehints.Any])
+                   | "BatchMessages" >> GroupIntoBatches.WithShardedKey(config.batch_size, config.batch_duration_s)
+                   | "Decode" >> beam.ParDo(DecodeMessageBatches(decoder, **served)).with_outputs(DEAD, main="records"))
     else:
         decoded = (p
                    | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns(),
@@ -438,14 +375,14 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
             | "CountDeadLetters" >> beam.ParDo(CountDeadLetters(**served)))
     predictions = formatted.tables
 
+    files = {"streaming": config.streaming, "shards": config.file_shards, "job_id": job_id}
     if config.output:
-        predictions | "WritePredictions" >> WriteTables(config.output, prediction_schema(), config.streaming,
-                                                        config.window_s, ack_predictions)
+        predictions | "WritePredictions" >> WriteTables(config.output, prediction_schema(), ack=ack_predictions,
+                                                        **files)
     if config.output_topic:
         predictions | "PublishPredictions" >> PublishTables(config.output_topic, outputs.to_messages, ack_predictions)
     if config.dead_letter_is_topic:
         dead | "PublishDeadLetters" >> PublishTables(config.dead_letter, dead_letters.to_messages, ack_dead)
     else:
-        dead | "WriteDeadLetters" >> WriteTables(config.dead_letter, dead_letter_schema(), config.streaming,
-                                                 config.window_s, ack_dead)
+        dead | "WriteDeadLetters" >> WriteTables(config.dead_letter, dead_letter_schema(), ack=ack_dead, **files)
     return Outputs(predictions=predictions, dead_letters=dead)

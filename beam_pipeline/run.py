@@ -55,7 +55,7 @@ def summarize_local(result, state: str, options: PipelineOptions, config: JobCon
 
     query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     results = [r for kind in ("counters", "distributions", "gauges") for r in query.get(kind, [])]
-    job = jobs.JobInfo(id=jobs.new_local_id(started), name=config.job_name, state=str(state).split(".")[-1],
+    job = jobs.JobInfo(id=config.job_id or jobs.new_local_id(started), name=config.job_name, state=str(state).split(".")[-1],
                        created=started, state_time=time.time(), options=_options_record(options), kind=config.mode)
     facts = report.ModelFacts(model.version, tuple(model.config.label_names), tuple(model.config.modality_names))
     summary, snapshot = report.summarize(results, job, facts)
@@ -89,6 +89,12 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
         options.view_as(SetupOptions).save_main_session = True
     config, model = prepare(options)
+    if config.in_process:  # a local run's id: its outputs and its record in the local job store carry it
+        from dataclasses import replace
+
+        from beam_pipeline.jobs import new_local_id
+
+        config = replace(config, job_id=new_local_id())
     log.info("%s job %s: model %s (version %s) on %s; outputs %s", config.mode, config.job_name,
              metrics.redact(config.model), model.version, config.device,
              {k: metrics.redact(v) for k, v in config.outputs().items()})

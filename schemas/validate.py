@@ -168,11 +168,13 @@ def validate_input(
     batch: pa.RecordBatch | pa.Table,
     modalities: tuple[ModalitySpec, ...],
     num_classes: int | None = None,
+    duplicates: bool = True,
 ) -> ValidationResult:
     """Check a batch of input records against input record v1 for the given modalities.
 
     Extra columns are ignored (the synthetic ground truth travels in them). Missing modalities (null or
-    empty) are allowed as long as one modality is present.
+    empty) are allowed as long as one modality is present. `duplicates=False` leaves repeated ids alone (records
+    that arrived separately, e.g. Pub/Sub messages validated together, are not one batch).
     """
     n = batch.num_rows
     ids, id_col = _ids(batch, n)
@@ -195,7 +197,8 @@ def validate_input(
             if i:
                 dup[r] = i in seen
                 seen.add(i)
-        errors.add(dup, "id", DUPLICATE_ID, "id repeats an earlier record of the same batch")
+        if duplicates:
+            errors.add(dup, "id", DUPLICATE_ID, "id repeats an earlier record of the same batch")
 
     lengths: dict[str, np.ndarray] = {}
     for m in modalities:

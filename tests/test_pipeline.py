@@ -24,6 +24,7 @@ from beam_pipeline.decode import Decoder, decode_chunk, decode_message_record, e
 from beam_pipeline.elements import NO_TIME, ParquetChunk, ScoringBatch
 from beam_pipeline.handler import EMMRModelHandler, LoadedModel, ModelInfo, ScoredBatch, score_robustly
 from beam_pipeline.options import OptionsError, ScoringOptions, check_options
+from beam_pipeline.padding import Padder, canonical_table
 from beam_pipeline.pipeline import ModelSpec, prepare
 from beam_pipeline.samples import bad_records
 from emmr import checkpoint
@@ -106,8 +107,9 @@ def softmax(x) -> np.ndarray:
 
 
 def as_batch(t: pa.Table, modalities=TINY.modalities, source: str = "mem") -> ScoringBatch:
-    return ScoringBatch(records=from_arrow(t, modalities), event_time_us=event_times(t), publish_time_us=None,
-                        source=source, rows=np.arange(t.num_rows))
+    t = canonical_table(t, modalities)
+    return ScoringBatch(table=t, event_time_us=event_times(t), publish_time_us=None, source=source,
+                        rows=np.arange(t.num_rows))
 
 
 # ------------------------------------------------------------------------------------------- options
@@ -182,7 +184,7 @@ def test_prepare_reads_the_model_and_rejects_what_cannot_run(tiny_model, tmp_pat
 # ------------------------------------------------------------------------------------------- decoding
 
 
-def test_decode_chunk_pads_valid_rows_in_slices_and_keeps_their_rows(trained):
+def test_decode_chunk_keeps_valid_rows_compact_in_slices_and_the_handler_pads_them(trained):
     spec = ModelSpec.read(trained["model"])
     table = pq.read_table(trained["files"][0])
     chunk = ParquetChunk("data/part.parquet", 1000, table)
@@ -192,11 +194,20 @@ def test_decode_chunk_pads_valid_rows_in_slices_and_keeps_their_rows(trained):
     assert np.concatenate([b.ids for b in batches]).tolist() == table.column("id").to_pylist()
     assert np.concatenate([b.rows for b in batches]).tolist() == list(range(1000, 1000 + table.num_rows))
     assert batches[1].source_of(0) == "data/part.parquet#row=1064"
+    assert all(b.table.schema.equals(input_schema(spec.config.modalities)) for b in batches)  # canonical, unpadded
     whole = from_arrow(table, spec.config.modalities)
+    padder = Padder(spec.config.modalities)
+    padded = []
+    for b in batches:  # each result views the padder's buffers until the next pad: copy
+        p = padder.pad([b.table])
+        padded.append((p, {m: p.features[m].copy() for m in spec.config.modality_names}))
     for m in spec.config.modality_names:  # padding: (B, max_len, dim), zeros beyond each length, length 0 = missing
-        np.testing.assert_array_equal(np.concatenate([b.records.features[m] for b in batches]), whole.features[m])
-        np.testing.assert_array_equal(np.concatenate([b.records.lengths[m] for b in batches]), whole.lengths[m])
-    assert (np.concatenate([b.records.lengths[m] for b in batches for m in spec.config.modality_names]) == 0).any()
+        np.testing.assert_array_equal(np.concatenate([f[m] for _, f in padded]), whole.features[m])
+        np.testing.assert_array_equal(np.concatenate([p.lengths[m] for p, _ in padded]), whole.lengths[m])
+    again = padder.pad([b.table for b in batches])  # several elements at once, into the same (grown) buffers
+    for m in spec.config.modality_names:
+        np.testing.assert_array_equal(again.features[m], whole.features[m])
+    assert (np.concatenate([p.lengths[m] for p, _ in padded for m in spec.config.modality_names]) == 0).any()
 
 
 def test_decode_chunk_sends_each_bad_record_to_a_dead_letter_with_its_reason(trained):
@@ -239,7 +250,8 @@ def test_decode_message_good_record():
     out = decode_message_record(data, attributes, "m-1", 1_000_000, Decoder(TINY.modalities, 3))
     assert isinstance(out, ScoringBatch) and out.ids.tolist() == ["r1"]
     assert out.publish_time_us.tolist() == [1_000_000] and out.source_of(0) == "pubsub:m-1"
-    assert out.records.lengths["b"].tolist() == [0] and out.records.lengths["a"].tolist() == [2]
+    lengths = Padder(TINY.modalities).pad([out.table]).lengths
+    assert lengths["b"].tolist() == [0] and lengths["a"].tolist() == [2]
 
 
 @pytest.mark.parametrize("mangle, kind", [
@@ -317,8 +329,9 @@ def test_handler_scores_a_tiny_model_exactly(tiny_model):
 def test_handler_batching_and_sharing_are_configurable():
     batch = EMMRModelHandler("m", batch_size=32)
     assert batch.batch_elements_kwargs()["max_batch_size"] == 32 and batch.batch_elements_kwargs()["element_size_fn"](range(5)) == 5
+    assert not batch.should_skip_batching()  # batch mode: RunInference groups small row groups' batches
     stream = EMMRModelHandler("m", batch_size=16, batch_duration_s=0.25, model_copies=2)
-    assert stream.batch_elements_kwargs() == {"min_batch_size": 16, "max_batch_size": 16, "max_batch_duration_secs": 0.25}
+    assert stream.should_skip_batching()  # streaming: the job batched the messages before decoding
     assert stream.share_model_across_processes() and stream.model_copies() == 2
     assert not batch.share_model_across_processes()
 
@@ -475,16 +488,15 @@ def test_prediction_messages_are_json_with_attributes():
 
 def test_dead_letters_table_and_messages():
     scored = scored_by_hand()
-    letters = dead_letters.for_records(scored.batch, [2], "non_finite_output", "the model returned NaN", TINY.modalities)
+    letters = dead_letters.for_records(scored.batch, [2], "non_finite_output", "the model returned NaN")
     t = dead_letters.table(letters + [dead_letters.DeadLetter(None, "pubsub:7", "corrupt_message", "bad", b"x" * (MAX_PAYLOAD_BYTES + 9), 5)])
     assert validate_output(t, dead_letters.SCHEMA).errors == []
     rows = t.to_pylist()
     assert (rows[0]["id"], rows[0]["source"], rows[0]["error_kind"]) == ("r2", "mem#row=2", "non_finite_output")
     assert rows[0]["pipeline_version"].startswith("emmr-score/") and len(rows[1]["payload"]) == MAX_PAYLOAD_BYTES
-    back = pa.ipc.open_stream(rows[0]["payload"]).read_all()  # rebuilt from the padded arrays
+    back = pa.ipc.open_stream(rows[0]["payload"]).read_all()  # the record as decoded, one row
     assert back.column("id").to_pylist() == ["r2"] and back.column("b").to_pylist() == [None]
-    assert back.column("a").to_pylist() == pa.table({"a": modality_array(
-        scored.batch.records.features["a"][2:3], scored.batch.records.lengths["a"][2:3], TINY.modalities[0])}).column("a").to_pylist()
+    assert back.column("a").to_pylist() == scored.batch.table.slice(2, 1).column("a").to_pylist()
     (data, attributes), (data2, attributes2) = dead_letters.to_messages(t)
     assert attributes["error_kind"] == "non_finite_output" and attributes["record_id"] == "r2"
     assert "record_id" not in attributes2 and base64.b64decode(json.loads(data2)["payload"]) == b"x" * MAX_PAYLOAD_BYTES
