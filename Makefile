@@ -37,6 +37,7 @@ bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline rat
 	$(PY) benchmarks/pipeline_efficiency.py --json runs/bench/pipeline_efficiency.json
 	$(PY) benchmarks/io_ceiling.py --json runs/bench/io_ceiling.json
 	$(PY) benchmarks/memory.py --json runs/bench/memory.json
+	$(PY) benchmarks/streaming_decode.py --json runs/bench/streaming_decode.json
 	@echo "== summary"; $(PY) benchmarks/summary.py --dir runs/bench
 
 clean: ## remove the demo outputs and caches

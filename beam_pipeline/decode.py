@@ -32,7 +32,10 @@ from beam_pipeline import dead_letters
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.elements import NO_TIME, Message, ParquetChunk, ScoringBatch
 from beam_pipeline.padding import canonical_table
-from schemas.message import ATTR_ID, CORRUPT_MESSAGE, MAX_MESSAGE_BYTES, MessageError, decode_message
+from beam_pipeline.ipc_splice import Splicer, read_spliced
+from schemas.arrow import SCHEMA_VERSION
+from schemas.message import (ATTR_CONTENT_TYPE, ATTR_ID, ATTR_VERSION, CONTENT_TYPE, CORRUPT_MESSAGE, MAX_MESSAGE_BYTES,
+                             MessageError, decode_message)
 from schemas.modality import ModalitySpec
 from schemas.validate import NON_FINITE, list_lengths, validate_input
 
@@ -51,6 +54,10 @@ class Decoder:
     modalities: tuple[ModalitySpec, ...]
     num_classes: int
     batch_size: int = 256
+
+    @property
+    def modality_names(self) -> list[str]:
+        return [m.name for m in self.modalities]
 
 
 def event_times(t: pa.Table) -> np.ndarray:
@@ -316,32 +323,63 @@ def _screen(m: Message, at: int) -> pa.RecordBatch | DeadLetter:
         return DeadLetter(claimed_id, source, e.kind, str(e), data, at)
 
 
-def decode_messages(messages: list[Message], d: Decoder) -> tuple[ScoringBatch | None, list[DeadLetter]]:
-    """A batch of Pub/Sub messages v1 -> one ScoringBatch of their valid records (canonical Arrow, None when there
-    is none), and one dead letter per message that cannot be scored.
+def _attributes_ok(m: Message) -> bool:
+    """The attribute and size checks of decode_message, passed (the common case, tested without exceptions)."""
+    a = m.attributes
+    return (len(m.data) <= MAX_MESSAGE_BYTES and a.get(ATTR_VERSION) == SCHEMA_VERSION
+            and a.get(ATTR_CONTENT_TYPE, CONTENT_TYPE) == CONTENT_TYPE)
 
-    Each message is screened on its own (size, compression, IPC, attributes: one row each); the records are then
-    validated together, one vectorised pass per schema (the messages of one producer share theirs), so that a
-    message costs about what a row of a Parquet row group costs. Ids repeated across messages are scored: each
-    message is its own record."""
-    at = dead_letters.now_us()
-    letters: list[DeadLetter] = []
-    groups: list[tuple[pa.Schema, list[pa.RecordBatch], list[Message]]] = []
+
+def _screen_all(messages: list[Message], at: int, columns: list[str]) -> tuple[list[tuple[pa.Table, list[Message]]],
+                                                                             list[DeadLetter]]:
+    """Messages -> (groups of one-row records sharing a schema, as tables with their messages; dead letters).
+
+    Plain payloads of one schema are read together as one IPC stream (beam_pipeline/ipc_splice.py); the others,
+    and any group that does not read back cleanly, one by one (`_screen`: exact reasons)."""
+    splicer, added, one_by_one = Splicer(), [], []
     for m in messages:
+        if _attributes_ok(m):
+            added.append(m)
+            if splicer.add(m.data):
+                continue
+        one_by_one.append(m)
+    groups: list[tuple[pa.Table, list[Message]]] = []
+    for schema, indexes in splicer.groups.items():
+        t = read_spliced(schema, [splicer.parts[i] for i in indexes], columns)
+        if t is None:
+            one_by_one += [added[i] for i in indexes]
+        else:
+            groups.append((t, [added[i] for i in indexes]))
+    letters: list[DeadLetter] = []
+    alone: list[tuple[pa.Schema, list[pa.RecordBatch], list[Message]]] = []
+    for m in one_by_one:
         screened = _screen(m, at)
         if isinstance(screened, DeadLetter):
             letters.append(screened)
             continue
-        for schema, batches, members in groups:
+        for schema, batches, members in alone:
             if schema.equals(screened.schema, check_metadata=True):
                 batches.append(screened)
                 members.append(m)
                 break
         else:
-            groups.append((screened.schema, [screened], [m]))
+            alone.append((screened.schema, [screened], [m]))
+    groups += [(pa.Table.from_batches(batches), members) for _, batches, members in alone]
+    return groups, letters
+
+
+def decode_messages(messages: list[Message], d: Decoder) -> tuple[ScoringBatch | None, list[DeadLetter]]:
+    """A batch of Pub/Sub messages v1 -> one ScoringBatch of their valid records (canonical Arrow, None when there
+    is none), and one dead letter per message that cannot be scored.
+
+    Each message's own checks (size, attributes, IPC, one row, no compression) come first; the plain payloads of
+    one producer are read as one IPC stream; the records are then validated together, one vectorised pass per
+    schema, so that a message costs about what a row of a Parquet row group costs. Ids repeated across messages
+    are scored: each message is its own record."""
+    at = dead_letters.now_us()
+    groups, letters = _screen_all(messages, at, ["id", *d.modality_names, "label", "event_time"])
     tables, kept = [], []
-    for _, batches, members in groups:
-        t = pa.Table.from_batches(batches)
+    for t, members in groups:
         result = validate_input(t, d.modalities, d.num_classes, duplicates=False)
         for e in result.errors:
             m = members[e.row]

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 
-# (file, result key, printed name): the figures of issue #8, in the order docs/performance.md gives them.
+# (file, result key, printed name): the figures of issues #8 and #13, in the order docs/performance.md gives them.
 FIGURES = (
     ("model_throughput.json", "model_records_per_s_paper_cpu", "model_records_per_s_paper_cpu"),
     ("model_throughput.json", "model_records_per_s_small_cpu", "model_records_per_s_small_cpu"),
@@ -17,6 +17,8 @@ FIGURES = (
     ("io_ceiling.json", "io_over_pyarrow", "io_over_pyarrow"),
     ("memory.json", "memory_10x_over_1x_paper", "memory_10x_over_1x_paper"),
     ("memory.json", "memory_10x_over_1x_small", "memory_10x_over_1x_small"),
+    ("streaming_decode.json", "streaming_over_batch_paper", "streaming_over_batch_paper"),
+    ("streaming_decode.json", "streaming_over_batch_small", "streaming_over_batch_small"),
 )
 
 

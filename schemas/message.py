@@ -47,7 +47,7 @@ def encode_record(record: pa.RecordBatch, max_bytes: int = MAX_MESSAGE_BYTES) ->
     return data, attributes
 
 
-def _check_names(schema: pa.Schema) -> None:
+def check_field_names(schema: pa.Schema) -> None:
     """Raise UnicodeDecodeError if a field name, at any depth, is not UTF-8 (IPC reading does not check names)."""
 
     def walk(field: pa.Field) -> None:
@@ -82,7 +82,7 @@ def decode_message(data: bytes, attributes: dict[str, str] | None, max_bytes: in
         batches = list(reader)
         for b in batches:  # IPC reading trusts offsets and UTF-8; a corrupt payload must not reach the decoders
             b.validate(full=True)
-        _check_names(reader.schema)
+        check_field_names(reader.schema)
     except (pa.ArrowInvalid, pa.ArrowIOError, pa.ArrowException, OSError, UnicodeDecodeError) as e:
         raise MessageError(CORRUPT_MESSAGE, f"record {record_id!r}: not an Arrow IPC stream ({e})") from None
     rows = sum(b.num_rows for b in batches)
