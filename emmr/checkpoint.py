@@ -2,6 +2,8 @@
 
   model.safetensors   the EMMR (or baseline) weights served by the pipeline
   teacher.safetensors the frozen full-modality network (Eq. 3), kept for provenance and further training
+  standardize.safetensors  (with train.standardize) each modality's training mean and std, applied to every
+                      input before the network, in training and by the Scorer
   checkpoint.json     format, schema version, resolved model and training configs, label names, method,
                       training-data fingerprint, validation metrics, and the SHA-256 of each weight file
 The model version is the first 12 hex digits of model.safetensors' SHA-256; loading checks both hashes.
@@ -27,6 +29,7 @@ from schemas.arrow import SCHEMA_VERSION
 FORMAT = "emmr-checkpoint"
 FORMAT_VERSION = 2  # bumped whenever the network's parameters change shape or meaning (2: MMIN's last block)
 META_FILE, MODEL_FILE, TEACHER_FILE = "checkpoint.json", "model.safetensors", "teacher.safetensors"
+STANDARDIZE_FILE = "standardize.safetensors"  # per-modality training mean and std (emmr/standardize.py), if used
 MAX_META_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 2 << 30
 
@@ -82,7 +85,7 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(path: str, model: EMMR, *, method: str, train_config: dict, metrics: dict, data_fingerprint: dict,
-         teacher: torch.nn.Module | None = None) -> str:
+         teacher: torch.nn.Module | None = None, standardizer=None) -> str:
     """Write a checkpoint directory; returns the model version."""
     if "://" not in path:
         os.makedirs(path, exist_ok=True)
@@ -93,6 +96,10 @@ def save(path: str, model: EMMR, *, method: str, train_config: dict, metrics: di
         teacher_weights = save_safetensors(_state(teacher))
         files[TEACHER_FILE] = hashlib.sha256(teacher_weights).hexdigest()
         _write(_join(path, TEACHER_FILE), teacher_weights)
+    if standardizer is not None:  # the inputs the weights were trained on: the Scorer applies the same
+        stats = save_safetensors({k: torch.from_numpy(v) for k, v in standardizer.tensors().items()})
+        files[STANDARDIZE_FILE] = hashlib.sha256(stats).hexdigest()
+        _write(_join(path, STANDARDIZE_FILE), stats)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -153,6 +160,19 @@ def load(path: str, device: str | torch.device = "cpu") -> tuple[EMMR, dict]:
             raise
         raise CheckpointError(f"{_join(path, MODEL_FILE)} does not fit the recorded config: {e}") from e
     return model.to(device).eval(), meta
+
+
+def load_standardizer(path: str, meta: dict):
+    """The checkpoint's input standardisation (emmr.standardize.Standardizer), or None when it has none."""
+    from emmr.standardize import Standardizer
+
+    if STANDARDIZE_FILE not in meta.get("files", {}):
+        return None
+    names = tuple(m["name"] for m in meta["model"]["modalities"])
+    try:
+        return Standardizer.from_tensors({k: v.numpy() for k, v in _load_weights(path, STANDARDIZE_FILE, meta).items()}, names)
+    except ValueError as e:
+        raise CheckpointError(f"{_join(path, STANDARDIZE_FILE)}: {e}") from e
 
 
 def load_teacher(path: str, device: str | torch.device = "cpu"):

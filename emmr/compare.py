@@ -17,6 +17,7 @@ from emmr.config import ModelConfig
 from emmr.evaluate import aggregate, evaluate
 from emmr.methods import apply_method
 from emmr.scorer import Scorer
+from emmr.standardize import prepare
 from emmr.train import TrainConfig, split_validation, train_emmr, train_teacher
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConfig, cfg: TrainConfig, methods: list[str],
                   progress: bool = False, save_dir: str | None = None, tag: str = "") -> dict[str, tuple[Scorer, dict]]:
     """One frozen full-modality network, then every method, each selected on `val` -> method -> (scorer, metrics)."""
+    train, val, standardizer = prepare(train, val, cfg.standardize)  # the scorers apply it to what they score
     teacher, teacher_best, _ = train_teacher(train, val, model_cfg, cfg, progress)
     out = {}
     for method in methods:
@@ -34,8 +36,9 @@ def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConf
         if save_dir:
             path = os.path.join(save_dir, "checkpoints", f"{method}-seed{cfg.seed}{tag}")
             meta["model_version"] = checkpoint.save(path, result.model, method=method, train_config=t_cfg.__dict__,
-                                                    metrics=result.metrics, data_fingerprint={}, teacher=teacher)
-        out[method] = (Scorer(result.model, meta, torch.device(t_cfg.device)), result.metrics)
+                                                    metrics=result.metrics, data_fingerprint={}, teacher=teacher,
+                                                    standardizer=standardizer)
+        out[method] = (Scorer(result.model, meta, torch.device(t_cfg.device), standardizer=standardizer), result.metrics)
     return out
 
 

@@ -13,6 +13,7 @@ from emmr import checkpoint
 from emmr.batch import ModalityBatch
 from emmr.config import ModelConfig
 from emmr.nn.emmr import EMMR
+from emmr.standardize import Standardizer
 from emmr.tensors import model_inputs
 
 
@@ -46,8 +47,9 @@ def resolve_device(name: str) -> torch.device:
 
 class Scorer:
     def __init__(self, model: EMMR, meta: dict, device: torch.device, autocast_dtype: torch.dtype | None = None,
-                 load_seconds: float = 0.0):
+                 load_seconds: float = 0.0, standardizer: Standardizer | None = None):
         self.model, self.meta, self.device = model.eval(), meta, device
+        self.standardizer = standardizer  # the training statistics the weights expect (emmr/standardize.py)
         self.autocast_dtype = autocast_dtype
         self.load_seconds = load_seconds
 
@@ -56,8 +58,9 @@ class Scorer:
         dev = resolve_device(device)
         started = time.perf_counter()
         model, meta = checkpoint.load(path, dev)
+        standardizer = checkpoint.load_standardizer(path, meta)
         dtype = {None: None, "none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[autocast]
-        return cls(model, meta, dev, dtype, load_seconds=time.perf_counter() - started)
+        return cls(model, meta, dev, dtype, load_seconds=time.perf_counter() - started, standardizer=standardizer)
 
     @property
     def config(self) -> ModelConfig:
@@ -69,6 +72,8 @@ class Scorer:
 
     def score(self, batch: ModalityBatch) -> Scores:
         names = self.config.modality_names
+        if self.standardizer is not None:
+            batch = self.standardizer.apply(batch)
         features, lengths = model_inputs(batch, names, self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                                                     enabled=self.autocast_dtype is not None):

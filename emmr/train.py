@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from emmr.augment import perturb
 from emmr.batch import ModalityBatch
 from emmr.config import ModelConfig
 from emmr.metrics import accuracy, macro_f1
@@ -46,6 +47,11 @@ class TrainConfig:
     val_fraction: float = 0.2  # carved from the training data when no validation set is given
     patience: int = 10  # stop after this many epochs without a better validation score
     select_metric: str = "macro_f1"
+    # Generalisation knobs (emmr/standardize.py, emmr/augment.py), off by default; docs/results.md has the search.
+    standardize: bool = False  # each modality scaled by its training mean and std (saved, applied when scoring)
+    feature_noise: float = 0.0  # Gaussian noise on observed input features, in training
+    feature_dropout: float = 0.0  # dropout on observed input feature values, in training
+    label_smoothing: float = 0.0  # of every cross-entropy (teacher, outputs, heads)
     seed: int = 0
     device: str = "cpu"
 
@@ -158,8 +164,8 @@ def train_teacher(train: ModalityBatch, val: ModalityBatch, config: ModelConfig,
     def batch_fn(epoch):
         def step(idx):
             features, lengths = model_inputs(complete.take(idx), names, device)
-            logits, _ = teacher(features, lengths)
-            return nn.functional.cross_entropy(logits, labels[idx])
+            logits, _ = teacher(perturb(features, lengths, cfg.feature_noise, cfg.feature_dropout), lengths)
+            return nn.functional.cross_entropy(logits, labels[idx], label_smoothing=cfg.label_smoothing)
         return step
 
     best, history = _fit(teacher, teacher.parameters(), batch_fn, len(complete), cfg.teacher_epochs, cfg,
@@ -200,14 +206,15 @@ def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cf
         def step(idx):
             features, lengths = model_inputs(masked.take(idx), names, device)
             full_features, full_lengths = model_inputs(train.take(idx), names, device)
-            out = model(features, lengths)
+            out = model(perturb(features, lengths, cfg.feature_noise, cfg.feature_dropout), lengths)
             rows = torch.from_numpy(complete_rows[idx]).to(device)  # the teacher saw these complete
             with torch.no_grad():
                 _, teacher_rep = teacher(full_features, full_lengths)
                 target, full_masks = model.embed(full_features, full_lengths)  # complete features, fixed
             fwd = forward_loss(teacher_rep, out.reps, rows)
             bwd = backward_loss(out.decoded, target, full_masks.observed & rows[:, None])
-            return total_loss(task_loss(out, labels[idx], cfg.aux_weight), fwd, bwd, cfg.lambda_forward, cfg.lambda_backward)
+            task = task_loss(out, labels[idx], cfg.aux_weight, cfg.label_smoothing)
+            return total_loss(task, fwd, bwd, cfg.lambda_forward, cfg.lambda_backward)
         return step
 
     best, history = _fit(model, model.parameters(), batch_fn, len(train), cfg.epochs, cfg,

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from emmr.fingerprint import fingerprint
     from emmr.scorer import resolve_device
     from emmr.settings import resolve
+    from emmr.standardize import prepare
     from emmr.train import split_validation, train_emmr
 
     check_output_folder(args.out, "--out")
@@ -72,10 +73,12 @@ def run(args: argparse.Namespace) -> int:
     log.info("training %s on %d records of %s, validating on %d (%s; %s)", train_cfg.method, len(train), train_path,
              len(val), val_path or "carved from the training data",
              ", ".join(f"{k}={v}" for k, v in sorted(train_cfg.__dict__.items())))
+    train, val, standardizer = prepare(train, val, train_cfg.standardize)  # saved with the weights
     result = train_emmr(train, val, model_cfg, train_cfg, progress=not args.no_progress)
     metrics = {**result.metrics, "validation_data": val_path or "carved from the training data", "history": result.history}
     version = checkpoint.save(args.out, result.model, method=train_cfg.method, train_config=train_cfg.__dict__,
-                              metrics=metrics, data_fingerprint=fingerprint(train_path, len(data)), teacher=result.teacher)
+                              metrics=metrics, data_fingerprint=fingerprint(train_path, len(data)), teacher=result.teacher,
+                              standardizer=standardizer)
     log.info("wrote checkpoint %s (model version %s): validation %s", args.out, version,
              json.dumps(result.metrics["validation"]))
     return 0

@@ -41,13 +41,16 @@ def backward_loss(decoded: list[torch.Tensor], target: torch.Tensor, valid: torc
     return torch.stack([_masked_mean(symmetric_kl(d, target), valid) for d in decoded]).sum()
 
 
-def task_loss(out, labels: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """L_task from an EMMROutput and labels (B,)."""
-    loss = F.cross_entropy(out.logits, labels)
-    aux = F.cross_entropy(out.full_logits, labels)
-    aux = aux + F.cross_entropy(out.without_logits.flatten(0, 1), labels.repeat_interleave(out.without_logits.shape[1]))
+def task_loss(out, labels: torch.Tensor, aux_weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """L_task from an EMMROutput and labels (B,); every cross-entropy with `label_smoothing`."""
+    def ce(logits, target):
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+
+    loss = ce(out.logits, labels)
+    aux = ce(out.full_logits, labels)
+    aux = aux + ce(out.without_logits.flatten(0, 1), labels.repeat_interleave(out.without_logits.shape[1]))
     if out.ensemble_logits is not None:
-        aux = aux + F.cross_entropy(out.ensemble_logits, labels)
+        aux = aux + ce(out.ensemble_logits, labels)
     return loss + aux_weight * aux
 
 
