@@ -14,6 +14,11 @@ SUBSCRIPTION = re.compile(r"^projects/[^/]+/subscriptions/[^/]{3,255}$")
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 AUTOCAST = ("none", "bfloat16", "float16")
 DEFAULT_METRICS_PORT = 9464  # streaming workers; the first free port from here up is taken, one per process
+# Batch: a run with more dead letters than this share of its records fails (exit status 1), and the alert
+# EmmrBatchDeadLettersOverLimit (deploy/prometheus/alerts.yml) fires at the same share; above the warning share the
+# summary warns.
+DEFAULT_MAX_DEAD_LETTER_FRACTION = 0.5
+DEAD_LETTER_WARNING_FRACTION = 0.01
 
 
 def parse_bool(text: str | bool) -> bool:
@@ -38,9 +43,12 @@ def add_scoring_arguments(parser) -> None:
                                   "(quoted: 'data/*.parquet') or a file")
     g.add_argument("--input_subscription", help="streaming: projects/<p>/subscriptions/<s> of message v1")
     g.add_argument("--input_topic", help="streaming: projects/<p>/topics/<t> (Beam creates a subscription)")
-    g.add_argument("--output", help="Parquet prefix for prediction v1, local or gs:// (files <prefix>-SSSSS-of-NNNNN.parquet)")
+    g.add_argument("--output", help="prediction v1 Parquet, local or gs://: a file prefix (out/predictions/part writes "
+                                   "out/predictions/part-00000-of-00001.parquet, ...) or a folder (existing, or ending "
+                                   "in /: its part-*.parquet); the summary lists the files written")
     g.add_argument("--output_topic", help="streaming: projects/<p>/topics/<t>; one JSON prediction v1 per message")
-    g.add_argument("--dead_letter", help="required: Parquet prefix, or (streaming) a topic projects/<p>/topics/<t>")
+    g.add_argument("--dead_letter", help="required: dead letter v1 Parquet, a file prefix or a folder like --output; or "
+                                        "(streaming) a topic projects/<p>/topics/<t>")
     g.add_argument("--model", help="required: checkpoint directory, local or gs://")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; cuda without a GPU is an error (default cpu)")
     g.add_argument("--autocast", default="none", choices=AUTOCAST, help="mixed precision on the device (default none)")
@@ -68,6 +76,10 @@ def add_scoring_arguments(parser) -> None:
     g.add_argument("--pushgateway", default=None,
                    help="local batch runs: push the job summary to this Pushgateway (host:port or URL), grouping key "
                         "job=<job name>; remote jobs: `emmr-score report --job <id> --pushgateway ...`")
+    g.add_argument("--max_dead_letter_fraction", type=float, default=None,
+                   help=f"batch: a run whose dead letters are more than this share of its records fails (exit status "
+                        f"1, with the reason; the outputs are still written) (default {DEFAULT_MAX_DEAD_LETTER_FRACTION}; "
+                        f"the summary warns above {DEAD_LETTER_WARNING_FRACTION:.0%})")
     g.add_argument("--summary_json", default=None,
                    help="local batch runs: also write the job summary as JSON here (local or gs://); remote jobs: "
                         "`emmr-score report --job <id> --summary_json ...`")
@@ -98,7 +110,8 @@ REPORT_EXAMPLES = """examples:
   emmr-score report --job 2026-07-20_03_00_12-1234567890 --project P --region R [--pushgateway HOST:9091]
   emmr-score report --job local-20260720T030012Z-1a2b3c          # a local run, recorded when it ended
   emmr-score report --job_json job.json --metrics_json metrics.json   # saved Dataflow API responses
-exit status: 0 the job succeeded and its counts add up; 1 it failed, was cancelled, or its counts do not add up;
+exit status: 0 the job succeeded and its counts add up; 1 it failed, was cancelled, its counts do not add up, or
+more of its records than its --max_dead_letter_fraction (default 0.5) are dead letters;
 2 bad arguments or no such job; 3 the job has not finished (without --wait)
 """
 

@@ -161,6 +161,12 @@ def check_options(options: PipelineOptions) -> JobConfig:
         problems.append(f"--metrics_port must be a port number, or 0 / -1 for off, got {port}")
     if o.summary_json and streaming:
         problems.append("--summary_json is for batch jobs (a streaming job never ends)")
+    if o.max_dead_letter_fraction is not None:
+        if streaming:
+            problems.append("--max_dead_letter_fraction is for batch jobs (a streaming job never ends): the alert "
+                            "EmmrDeadLetterRateHigh watches a streaming job's dead letters")
+        elif not 0 <= o.max_dead_letter_fraction <= 1:
+            problems.append(f"--max_dead_letter_fraction must be in [0, 1], got {o.max_dead_letter_fraction}")
     if o.pushgateway and streaming:
         problems.append("--pushgateway is for batch jobs (a streaming job never ends): scrape the workers' "
                         "/metrics (--metrics_port) instead")

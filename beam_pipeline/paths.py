@@ -1,6 +1,9 @@
 """The job's paths, checked before anything runs: an input folder means its Parquet files, and every output must be
 creatable (a file where a folder should be, a missing bucket or no permission fails the launch, not the last step).
 
+Outputs are file prefixes: `--output out/predictions/part` writes `out/predictions/part-00000-of-00001.parquet`
+(batch) and `out/predictions/part-<window>-...-of-<n>.parquet` (streaming); a folder (an existing one, or a path
+ending in '/') means the prefix `<folder>/part`. After a run, `written_files` lists what a prefix got.
 Local paths and any filesystem Beam knows (gs://) alike.
 """
 
@@ -12,6 +15,7 @@ import uuid
 
 GLOB = re.compile(r"[*?\[]")
 PARQUET = "*.parquet"
+PART = "part"  # the file prefix inside an output folder
 
 
 def _is_remote(path: str) -> bool:
@@ -60,3 +64,27 @@ def check_writable(path: str, flag: str, is_prefix: bool = True) -> str | None:
             reason = reason[:300] + "..."
         return f"{flag} {path!r}: cannot write there ({type(e).__name__}: {reason})"
     return None
+
+
+def output_prefix(path: str) -> str:
+    """An output flag's value as a file prefix: a folder (an existing local one, or any path ending in '/') becomes
+    `<folder>/part`; anything else is a prefix already."""
+    if path.endswith("/") or (not _is_remote(path) and os.path.isdir(path)):
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.join(path.rstrip("/"), PART)
+    return path
+
+
+def files_pattern(prefix: str) -> str:
+    return f"{prefix}-*.parquet"
+
+
+def written_files(prefix: str, since: float | None = None) -> list[str]:
+    """The Parquet files under an output prefix, written (or renamed into place) at or after `since` (Unix time;
+    files of earlier runs with the same prefix are left out); sorted. Raises what listing the storage raises."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([files_pattern(prefix)])[0].metadata_list
+    return sorted(f.path for f in found
+                  if since is None or (getattr(f, "last_updated_in_seconds", 0) or since) >= since - 2)

@@ -145,6 +145,10 @@ def prepare(options: PipelineOptions) -> tuple[JobConfig, ModelSpec]:
                 problems.append(f"--input {config.input!r}: no file matches")
         except Exception as e:  # noqa: BLE001 - an unreachable filesystem is a problem with --input
             problems.append(f"--input {config.input!r}: {e}")
+    if config.output:
+        config = replace(config, output=paths.output_prefix(config.output))
+    if not config.dead_letter_is_topic:
+        config = replace(config, dead_letter=paths.output_prefix(config.dead_letter))
     outputs = [(config.output, "--output", True), (config.summary_json, "--summary_json", False)]
     if not config.dead_letter_is_topic:
         outputs.append((config.dead_letter, "--dead_letter", True))

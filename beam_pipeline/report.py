@@ -16,8 +16,8 @@ submits the job, and the schedule runs this command after the job (deploy/schedu
 --summary_json and, for a job that succeeded, pushes the summary to --pushgateway (grouping key job=<job name>;
 a failed job pushes nothing, so that the last success time stays the previous run's).
 
-Exit status of the command: 0 the job succeeded and its counts add up; 1 it failed, was cancelled, or its counts do
-not add up; 2 bad arguments or no such job; 3 the job has not finished (without --wait).
+Exit status of the command: 0 the job succeeded and its counts add up; 1 it failed, was cancelled, its counts do
+not add up, or more of its records than --max_dead_letter_fraction (default 0.5) are dead letters; 2 bad arguments or no such job; 3 the job has not finished (without --wait).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from beam_pipeline import jobs, metrics
+from beam_pipeline import jobs, metrics, paths
+from beam_pipeline.flags import DEAD_LETTER_WARNING_FRACTION, DEFAULT_MAX_DEAD_LETTER_FRACTION
 from beam_pipeline.jobs import JobInfo
 from beam_pipeline.options import DEFAULT_JOB_NAME
 
@@ -66,10 +67,26 @@ class ModelFacts:
         return metrics.known_series(self.modality_names, self.label_names)
 
 
+def max_dead_letter_fraction(options: dict) -> float:
+    """The job's --max_dead_letter_fraction (recorded with its options), else the default."""
+    value = options.get("max_dead_letter_fraction")
+    try:
+        return DEFAULT_MAX_DEAD_LETTER_FRACTION if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        log.warning("the job's --max_dead_letter_fraction %r is not a number: using %s", value,
+                    DEFAULT_MAX_DEAD_LETTER_FRACTION)
+        return DEFAULT_MAX_DEAD_LETTER_FRACTION
+
+
+PARQUET_OUTPUTS = ("predictions", "dead_letters")
+
+
 def outputs_of(options: dict) -> dict[str, str]:
-    """Where each output of the job went, from its pipeline options."""
+    """Where each output of the job went, from its pipeline options (dead letters to a topic are named as one)."""
+    dead = options.get("dead_letter")
+    dead_is_topic = bool(dead) and str(dead).startswith("projects/")
     out = {"predictions": options.get("output"), "prediction_topic": options.get("output_topic"),
-           "dead_letters": options.get("dead_letter")}
+           "dead_letters": None if dead_is_topic else dead, "dead_letter_topic": dead if dead_is_topic else None}
     return {k: str(v) for k, v in out.items() if v}
 
 
@@ -92,10 +109,33 @@ class JobSummary:
     job_id: str = ""
     job_name: str = ""
     attempted_only: list[str] = field(default_factory=list)  # metrics the runner did not commit (see Snapshot)
+    max_dead_letter_fraction: float = DEFAULT_MAX_DEAD_LETTER_FRACTION
+    files: dict[str, list[str] | str] = field(default_factory=dict)  # Parquet output -> files written, or why not listed
 
     @property
     def conserved(self) -> bool:
         return self.records_in == self.predictions + self.dead_letters
+
+    @property
+    def dead_letter_fraction(self) -> float:
+        out = self.predictions + self.dead_letters
+        return self.dead_letters / out if out else 0.0
+
+    @property
+    def too_many_dead_letters(self) -> bool:
+        return self.dead_letter_fraction > self.max_dead_letter_fraction
+
+    def dead_letter_problem(self) -> str | None:
+        """One line: why the run fails (over --max_dead_letter_fraction) or what to look at (over 1 %); else None."""
+        share = self.dead_letter_fraction
+        if share <= DEAD_LETTER_WARNING_FRACTION:
+            return None
+        top = ", ".join(f"{k} {v}" for k, v in sorted(self.dead_letters_by_reason.items(), key=lambda kv: -kv[1])[:3])
+        what = f"{self.dead_letters} of {self.predictions + self.dead_letters} records ({share:.1%}) are dead letters"
+        if self.too_many_dead_letters:
+            return (f"{what}, more than --max_dead_letter_fraction {self.max_dead_letter_fraction:g}: the run fails "
+                    f"(most common: {top}); does the input fit the model (its preset, columns and types)?")
+        return f"{what}, above {DEAD_LETTER_WARNING_FRACTION:.0%} (most common: {top}): see the dead letters' error column"
 
     @property
     def succeeded(self) -> bool:
@@ -121,10 +161,27 @@ class JobSummary:
             job_id=job.id,
             job_name=job.name,
             attempted_only=list(s.attempted_only),
+            max_dead_letter_fraction=max_dead_letter_fraction(job.options),
         )
 
     def to_json(self) -> dict:
-        return {**asdict(self), "conserved": self.conserved}
+        return {**asdict(self), "conserved": self.conserved, "dead_letter_fraction": self.dead_letter_fraction,
+                "too_many_dead_letters": self.too_many_dead_letters}
+
+    def _where(self, output: str, value: str) -> str:
+        """An output as the summary shows it: the files written (a few, and the pattern of them all), or the topic."""
+        if output not in PARQUET_OUTPUTS:
+            return value
+        files = self.files.get(output)
+        pattern = paths.files_pattern(paths.output_prefix(value))
+        if files is None:
+            return pattern
+        if isinstance(files, str):
+            return f"{pattern} (not listed: {files})"
+        if not files:
+            return f"no file found at {pattern}"
+        shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        return f"{len(files)} file{'s' if len(files) > 1 else ''}: {shown}" + (f" ({pattern})" if len(files) > 3 else "")
 
     def text(self) -> str:
         def fmt(d: dict) -> str:
@@ -142,17 +199,29 @@ class JobSummary:
             f"model           {self.model_version}",
             f"run time        {self.seconds:.1f} s ({self.state})",
         ]
-        lines += [f"{k + ':':15} {v}" for k, v in self.outputs.items()]
+        lines += [f"{k + ':':15} {self._where(k, v)}" for k, v in self.outputs.items()]
         if self.attempted_only:
             lines.append(f"not committed   {', '.join(self.attempted_only)} (attempted counts: retries count again)")
+        problem = self.dead_letter_problem()
+        if problem:
+            lines.append(f"{'FAILED:' if self.too_many_dead_letters else 'WARNING:':15} {problem}")
         return "\n".join(lines)
 
 
-def summarize(results, job: JobInfo, model: ModelFacts | None = None) -> tuple[JobSummary, metrics.Snapshot]:
-    """Beam MetricResults of a job (a PipelineResult's, or parsed from JobMetrics) -> its summary."""
+def summarize(results, job: JobInfo, model: ModelFacts | None = None,
+              list_files: bool = True) -> tuple[JobSummary, metrics.Snapshot]:
+    """Beam MetricResults of a job (a PipelineResult's, or parsed from JobMetrics) -> its summary; with `list_files`,
+    the Parquet files the job wrote (under each output prefix, those since the job was created)."""
     model = model or ModelFacts.read(job.options.get("model"))
     snapshot = metrics.Snapshot.from_results(results)
-    return JobSummary.from_snapshot(snapshot, job, model), snapshot
+    summary = JobSummary.from_snapshot(snapshot, job, model)
+    for output, value in summary.outputs.items():
+        if list_files and output in PARQUET_OUTPUTS:
+            try:
+                summary.files[output] = paths.written_files(paths.output_prefix(value), job.created)
+            except Exception as e:  # noqa: BLE001 - the summary names the pattern and why it is not listed
+                summary.files[output] = metrics.redact(" ".join(f"{type(e).__name__}: {e}".split()))[:200]
+    return summary, snapshot
 
 
 def publish(summary: JobSummary, snapshot: metrics.Snapshot, model: ModelFacts, *, pushgateway: str | None = None,
@@ -166,6 +235,9 @@ def publish(summary: JobSummary, snapshot: metrics.Snapshot, model: ModelFacts, 
                   summary.dead_letters)
     if summary.attempted_only:
         log.warning("the runner did not commit %s: attempted counts are reported", ", ".join(summary.attempted_only))
+    problem = summary.dead_letter_problem()
+    if problem:
+        (log.error if summary.too_many_dead_letters else log.warning)("%s", problem)
     if summary_json:
         from apache_beam.io.filesystems import FileSystems
 
@@ -193,7 +265,7 @@ def publish(summary: JobSummary, snapshot: metrics.Snapshot, model: ModelFacts, 
 def exit_status(summary: JobSummary, finished: bool = True) -> int:
     if not finished:
         return EXIT_RUNNING
-    return EXIT_OK if summary.succeeded and summary.conserved else EXIT_FAILED
+    return EXIT_OK if summary.succeeded and summary.conserved and not summary.too_many_dead_letters else EXIT_FAILED
 
 
 # ------------------------------------------------------------------------------------------- the command
@@ -234,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     job = jobs.parse_job(job_doc)
     model = ModelFacts.read(job.options.get("model"))
-    summary, snapshot = summarize(jobs.parse_metrics(metrics_doc, metrics.NAMESPACE), job, model)
+    # Saved API responses (--job_json) are read offline: their outputs are named, not listed.
+    summary, snapshot = summarize(jobs.parse_metrics(metrics_doc, metrics.NAMESPACE), job, model,
+                                  list_files=not args.job_json)
     print(summary.text())
     if not job.terminal:
         log.warning("job %s is %s: these are the counts so far; nothing is pushed (run again when it has finished, "

@@ -1,7 +1,7 @@
 """Entry point of the scoring job: `python -m beam_pipeline.run` or `emmr-score`.
 
     emmr-score --runner=DirectRunner --input 'data/*.parquet' --model runs/ckpt \\
-        --output out/predictions --dead_letter out/dead_letters [--pushgateway 127.0.0.1:9091]
+        --output out/predictions/part --dead_letter out/dead_letters/part [--pushgateway 127.0.0.1:9091]
     emmr-score --runner=DirectRunner --streaming --input_subscription projects/P/subscriptions/S \\
         --model gs://bucket/ckpt --output_topic projects/P/topics/predictions \\
         --dead_letter projects/P/topics/dead-letters --metrics_port 9464

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 
 import pytest
@@ -111,3 +112,91 @@ def test_gcs_folders_and_missing_buckets(gcs_emulator, trained, tmp_path):  # no
         prepare(PipelineOptions([RUNNER, "--input", f"{root}/data", "--model", trained["model"],
                                  "--output", f"{missing}/p", "--dead_letter", f"{root}/out/d"]))
     assert e.value.problems[0].startswith(f"--output '{missing}/p': cannot write there")
+
+
+# ------------------------------------------------------------------------------- dead letters and the summary
+
+
+@pytest.fixture(scope="module")
+def wrong_preset_data(tmp_path_factory) -> str:
+    """Records of the mosi preset: every one is a dead letter (wrong_dimension) for the small model."""
+    from emmr import synth
+    from emmr.config import preset
+
+    out = tmp_path_factory.mktemp("wrong-preset")
+    synth.write(synth.SynthParams(records=20, seed=9), preset("mosi").modalities, str(out))
+    return str(out)
+
+
+def test_a_run_whose_records_mostly_fail_exits_1_saying_why(trained, wrong_preset_data, tmp_path, caplog, capsys,
+                                                             monkeypatch):  # noqa: F811
+    monkeypatch.setenv("EMMR_JOBS_DIR", str(tmp_path / "jobs"))
+    assert main(argv(trained, tmp_path, input=wrong_preset_data)) == 1
+    out = capsys.readouterr().out
+    reason = ("20 of 20 records (100.0%) are dead letters, more than --max_dead_letter_fraction 0.5: the run fails "
+              "(most common: wrong_dimension 20)")
+    assert f"FAILED:         {reason}" in out
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(reason), errors
+    assert "model           None" not in out  # the model's version, though it never scored a record
+    assert len(os.listdir(tmp_path / "dead_letters")) == 1  # the outputs are written all the same
+    # `emmr-score report` on the recorded run: the same figure, the same verdict
+    job_id = re.search(r"^job\s+\S+ \((local-[^)]+)\)", out, re.M).group(1)
+    assert main(["report", "--job", job_id]) == 1
+
+
+def test_the_limit_is_a_flag(trained, wrong_preset_data, tmp_path, capsys, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("EMMR_JOBS_DIR", str(tmp_path / "jobs"))
+    assert main(argv(trained, tmp_path, "--max_dead_letter_fraction", "1", input=wrong_preset_data)) == 0
+    assert "WARNING:        20 of 20 records (100.0%) are dead letters, above 1%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--max_dead_letter_fraction", "1.5"], "--max_dead_letter_fraction must be in [0, 1], got 1.5"),
+    (["--max_dead_letter_fraction", "0.1", "--streaming"], "--max_dead_letter_fraction is for batch jobs"),
+])
+def test_bad_limits_are_rejected(extra, problem, trained, tmp_path, caplog):  # noqa: F811
+    assert main(argv(trained, tmp_path, *extra)) == 2
+    assert problem in problems(caplog)
+
+
+def test_the_alert_fires_at_the_limit_the_job_uses():
+    import yaml
+
+    from beam_pipeline.flags import DEFAULT_MAX_DEAD_LETTER_FRACTION
+
+    rules = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "deploy", "prometheus", "alerts.yml")))
+    rule = next(r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "EmmrBatchDeadLettersOverLimit")
+    assert float(rule["expr"].strip().rsplit(">", 1)[1]) == DEFAULT_MAX_DEAD_LETTER_FRACTION
+
+
+def test_the_summary_lists_the_files_written(trained, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import json
+    import time
+
+    from beam_pipeline.samples import write_bad_records
+    from emmr.config import preset
+
+    monkeypatch.setenv("EMMR_JOBS_DIR", str(tmp_path / "jobs"))
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in trained["files"]:
+        (data / os.path.basename(f)).write_bytes(open(f, "rb").read())
+    small = preset("small")
+    write_bad_records(str(data), small.modalities, small.num_classes)  # a few dead letters: above 1 %
+    stale = tmp_path / "pred" / "part-00002-of-00003.parquet"  # an earlier run's file under the same prefix
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    status = main([RUNNER, "--input", str(data), "--model", trained["model"], "--output", f"{tmp_path}/pred",
+                   "--dead_letter", f"{tmp_path}/dead_letters", "--summary_json", f"{tmp_path}/summary.json"])
+    assert status == 0
+    out = capsys.readouterr().out
+    predictions = f"{tmp_path}/pred/part-00000-of-00001.parquet"  # a folder: its part-*.parquet
+    dead = f"{tmp_path}/dead_letters-00000-of-00001.parquet"  # a prefix
+    assert f"predictions:    1 file: {predictions}\n" in out and os.path.exists(predictions)
+    assert f"dead_letters:   1 file: {dead}\n" in out and os.path.exists(dead)
+    assert re.search(r"^WARNING: +\d+ of 3\d\d records \([\d.]+%\) are dead letters, above 1%", out, re.M), out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["files"] == {"predictions": [predictions], "dead_letters": [dead]}
+    assert summary["too_many_dead_letters"] is False and 0.01 < summary["dead_letter_fraction"] < 0.5
