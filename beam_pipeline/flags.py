@@ -79,7 +79,7 @@ def add_scoring_arguments(parser) -> None:
     g.add_argument("--max_dead_letter_fraction", type=float, default=None,
                    help=f"batch: a run whose dead letters are more than this share of its records fails (exit status "
                         f"1, with the reason; the outputs are still written) (default {DEFAULT_MAX_DEAD_LETTER_FRACTION}; "
-                        f"the summary warns above {DEAD_LETTER_WARNING_FRACTION:.0%})")
+                        f"the summary warns above {DEAD_LETTER_WARNING_FRACTION:g})")  # no percent sign: argparse formats help
     g.add_argument("--summary_json", default=None,
                    help="local batch runs: also write the job summary as JSON here (local or gs://); remote jobs: "
                         "`emmr-score report --job <id> --summary_json ...`")
