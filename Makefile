@@ -5,11 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
+DEMO_STREAMING_DIR ?= runs/demo-streaming
+DEMO_STREAMING_ARGS ?=
 
-.PHONY: help venv test test-fast demo bench clean
+.PHONY: help venv test test-fast demo demo-streaming bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/dev.txt requirements/lock.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +31,10 @@ test-fast: venv ## the suite without tests marked slow
 
 demo: venv ## synthetic + bad records, train a small model, score them with the Beam job, print a summary
 	PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh $(DEMO_DIR)
+
+demo-streaming: venv ## the streaming job on the local Pub/Sub emulator: records in, predictions and dead letters out (Ctrl-C stops)
+	VENV=$(VENV) bash scripts/install-test-deps.sh
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) scripts/demo_streaming.py $(DEMO_STREAMING_DIR) $(DEMO_STREAMING_ARGS)
 
 bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline ratio last (JSON in runs/bench/)
 	mkdir -p runs/bench

@@ -381,10 +381,13 @@ def decode_messages(messages: list[Message], d: Decoder) -> tuple[ScoringBatch |
     tables, kept = [], []
     for t, members in groups:
         result = validate_input(t, d.modalities, d.num_classes, duplicates=False)
+        readable = readable_ids(t) if result.errors else []
         for e in result.errors:
             m = members[e.row]
-            letters.append(DeadLetter(e.record_id or m.attributes.get(ATTR_ID), f"pubsub:{m.message_id}", e.kind,
-                                      str(replace(e, row=0)), m.data, at))
+            # name the record as far as it can be read: its id (even of a wrong type), else the attribute's claim
+            rid = next((i for i in (e.record_id, readable[e.row], m.attributes.get(ATTR_ID)) if i is not None), None)
+            letters.append(DeadLetter(rid, f"pubsub:{m.message_id}", e.kind, f"record {rid!r} (message "
+                                      f"{m.message_id}), field {e.field!r}: {e.kind}: {e.message}", m.data, at))
         rows = np.flatnonzero(result.valid)
         if not len(rows):
             continue
