@@ -1,22 +1,26 @@
 """At-least-once Pub/Sub input on in-process runners: a message is acknowledged only once its output is written.
 
 Beam's DirectRunner acknowledges every message as soon as it has pulled it (`_PubSubReadEvaluator._read_from_pubsub`:
-"Because of the AutoAck, we are not able to reread messages"), so a local job killed mid-stream loses what it had
+"Because of the AutoAck, we are not able to reread messages"), so a local job killed mid-stream lost what it had
 pulled but not yet written. (Dataflow's own Pub/Sub source acknowledges once the pull is durably committed: a
 worker that dies loses nothing there; see docs/reliability.md.) For jobs that run in this process with
---input_subscription, this module gives the same guarantee end to end:
+--input_subscription, this module keeps the leases, and beam_pipeline/direct_pubsub.py (the one module that
+touches a DirectRunner internal, and why) makes the DirectRunner pull through them:
 
-- `install()` makes the DirectRunner's Pub/Sub pull, for the subscriptions given to `hold()`, pull without
-  acknowledging. Each message's ack id is kept (by message id) while it is in flight; a lease thread extends the
-  ack deadlines of held messages (to the subscription's own deadline, every third of it), for at most
-  `MAX_LEASE_S`; at most `max_in_flight` messages are held (the pull waits: back pressure, bounded memory).
-  A message redelivered while held is not emitted twice (its new ack id is kept with the first).
-- The writers call `done(ack, sources)` once their output is durable: the Parquet file renamed into place, the
-  Pub/Sub publish confirmed by the server. A message is acknowledged when `ack.needed` outputs have reported it
-  (a prediction both published and written to Parquet: 2; a dead letter: 1).
+- `hold()` starts the leases of a subscription in this process: each pulled message's ack id is kept (by message
+  id) while it is in flight; a lease thread extends the ack deadlines of held messages (to the subscription's own
+  deadline, every third of it), for at most `MAX_LEASE_S`; at most `max_in_flight` messages are held (the pull
+  waits: back pressure, bounded memory). A message redelivered while held is not emitted twice (its new ack id is
+  kept with the first).
+- The writers call `done(ack, sources)` once their output is durable: a Parquet file once Beam moved it into place,
+  a Pub/Sub publish once the server confirmed it. A message is acknowledged when `ack.needed` outputs have reported
+  it (a prediction both published and written to Parquet: 2; a dead letter: 1).
 - Killed before that, a message is redelivered by Pub/Sub after its ack deadline, to the next run on the same
   subscription, and scored again: at least once. Predictions carry the record id, dead letters the message id
   (`source`), so duplicates can be removed downstream.
+
+It only works in one process (the leases and the writers meet in this module's registry), so the job builds it
+for in-process runners only; tests/test_dataflow_graph.py checks that no Dataflow graph refers to it.
 
 Prediction tables carry the Pub/Sub source of each row in their schema metadata (`emmr.sources`) from formatting
 to the writers, which drop it; dead-letter tables have it in their `source` column.
@@ -134,7 +138,8 @@ class Leases:
             return len(self._held)
 
     def pull(self, timeout_s: float = 10.0) -> list:
-        """Pull up to PULL_MAX messages without acknowledging them; [] while max_in_flight are held."""
+        """Pull up to PULL_MAX messages without acknowledging them (google.pubsub_v1 ReceivedMessage.message
+        objects, new ones only); [] while max_in_flight are held."""
         with self._cond:
             if len(self._held) >= self.max_in_flight:
                 self._cond.wait(timeout=1.0)
@@ -220,11 +225,10 @@ def max_in_flight(config) -> int:
 
 _lock = threading.Lock()
 _leases: dict[str, Leases] = {}
-_original_read = None
 
 
 def hold(subscription: str, max_in_flight: int = 1000) -> Leases:
-    """Read `subscription` at least once in this process (install() the pull first); idempotent."""
+    """Read `subscription` at least once in this process: its leases (started once; idempotent)."""
     with _lock:
         leases = _leases.get(subscription)
         if leases is None:
@@ -244,44 +248,3 @@ def done(ack: AckAfter | None, sources: list[str]) -> int:
     if held is None:
         return 0
     return held.done(message_ids(sources), ack.needed)
-
-
-def install() -> None:
-    """Make the DirectRunner's Pub/Sub pull defer acknowledgements for held subscriptions (others keep Beam's)."""
-    global _original_read
-    from apache_beam.runners.direct import transform_evaluator
-
-    evaluator = transform_evaluator._PubSubReadEvaluator
-    with _lock:
-        if _original_read is not None:
-            return
-        original = getattr(evaluator, "_read_from_pubsub", None)
-        if original is None:
-            raise RuntimeError("this Beam version's DirectRunner has no _PubSubReadEvaluator._read_from_pubsub: "
-                               "at-least-once reading cannot be installed (see beam_pipeline/acks.py)")
-        _original_read = original
-
-        def read_from_pubsub(self, timestamp_attribute):
-            held = _leases.get(self._sub_name)
-            if held is None:
-                return original(self, timestamp_attribute)
-            return [_element(m, timestamp_attribute) for m in held.pull()]
-
-        evaluator._read_from_pubsub = read_from_pubsub
-
-
-def _element(message, timestamp_attribute):
-    """(timestamp, PubsubMessage) as the DirectRunner's pull makes them: the publish time, or the attribute."""
-    from apache_beam.io.gcp.pubsub import PubsubMessage
-    from apache_beam.utils.timestamp import Timestamp
-
-    parsed = PubsubMessage._from_message(message)
-    if timestamp_attribute and timestamp_attribute in parsed.attributes:
-        value = parsed.attributes[timestamp_attribute]
-        try:
-            stamp = Timestamp(micros=int(value) * 1000)
-        except ValueError:
-            stamp = Timestamp.from_rfc3339(value)
-    else:
-        stamp = Timestamp.from_utc_datetime(message.publish_time)
-    return stamp, parsed

@@ -235,8 +235,13 @@ LOCAL_RUNNERS = {None, "", "directrunner", "direct", "switchingdirectrunner", "b
 
 
 def runs_in_process(options: PipelineOptions) -> bool:
-    """Whether the runner executes the job in this process (the DirectRunner and its kin): this process is then
-    the worker, which loads the model and serves /metrics."""
+    """Whether the runner executes the job from this process (the DirectRunner and its kin, or the PortableRunner
+    with its job server embedded here, --job_endpoint=embed): this process then waits for the job and summarises
+    it; with the DirectRunner it is also the worker, which loads the model and serves /metrics."""
+    from apache_beam.options.pipeline_options import PortableOptions
+
     runner = options.view_as(StandardOptions).runner
     runner_name = (runner if isinstance(runner, str) or runner is None else type(runner).__name__)
+    if (runner_name or "").lower() == "portablerunner":
+        return options.view_as(PortableOptions).job_endpoint == "embed"
     return (runner_name or "").lower() in LOCAL_RUNNERS

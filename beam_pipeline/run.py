@@ -107,8 +107,10 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         if metrics.serve(config.metrics_port, config.metrics_addr):
             metrics.Recorder().declare(metrics.known_series(model.config.modality_names, model.config.label_names))
     if config.acks_after_output:  # the DirectRunner acknowledges on pull: acknowledge after output instead
-        acks.install()
+        from beam_pipeline import direct_pubsub
+
         acks.hold(config.input_subscription, max_in_flight=acks.max_in_flight(config))
+        direct_pubsub.install()
     if config.streaming or not config.in_process:
         result = p.run()
         if not config.in_process:

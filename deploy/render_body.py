@@ -82,6 +82,33 @@ def render(template, env: Mapping[str, str]):
     return out
 
 
+# FlexTemplateRuntimeEnvironment field -> the Beam pipeline option Dataflow's launcher passes for it.
+ENVIRONMENT_FLAGS = {
+    "tempLocation": "temp_location", "stagingLocation": "staging_location", "sdkContainerImage": "sdk_container_image",
+    "machineType": "machine_type", "maxWorkers": "max_num_workers", "numWorkers": "num_workers",
+    "serviceAccountEmail": "service_account_email", "network": "network", "subnetwork": "subnetwork",
+    "workerRegion": "worker_region", "workerZone": "worker_zone", "kmsKeyName": "dataflow_kms_key",
+}
+
+
+def launcher_argv(request: dict, project: str, region: str) -> list[str]:
+    """The flags a flex template's launcher runs the job with, for a rendered launch request: the template
+    parameters as --name=value, the runtime environment as Beam's own options, DataflowRunner, the job name.
+    (What tests/test_dataflow_graph.py builds the job graph from, with --dry_run=True.)"""
+    launch = request["launchParameter"]
+    argv = ["--runner=DataflowRunner", f"--project={project}", f"--region={region}", f"--job_name={launch['jobName']}"]
+    argv += [f"--{name}={value}" for name, value in launch.get("parameters", {}).items()]
+    env = launch.get("environment", {})
+    argv += [f"--{ENVIRONMENT_FLAGS[k]}={v}" for k, v in env.items() if k in ENVIRONMENT_FLAGS]
+    argv += [f"--experiments={e}" for e in env.get("additionalExperiments", [])]
+    argv += [f"--labels={k}={v}" for k, v in env.get("additionalUserLabels", {}).items()]
+    if env.get("enableStreamingEngine"):
+        argv.append("--enable_streaming_engine")
+    if env.get("ipConfiguration") == "WORKER_IP_PRIVATE":
+        argv.append("--no_use_public_ips")
+    return argv
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: render_body.py REQUEST.json  (variables from the environment)", file=sys.stderr)

@@ -584,3 +584,21 @@ def test_a_worker_serves_metrics_as_soon_as_the_sdk_harness_starts():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "emmr_input_records_total 0.0" in out.stdout
+
+
+def test_the_direct_runner_pull_is_replaced_only_on_a_validated_beam_version():
+    """beam_pipeline/direct_pubsub.py changes a private DirectRunner method: an unknown Beam version fails loudly
+    instead of silently losing the at-least-once guarantee (docs/reliability.md says why there is no public way)."""
+    import apache_beam
+
+    from beam_pipeline import direct_pubsub
+
+    direct_pubsub.check_beam_version()  # the installed one is validated
+    assert apache_beam.__version__ in direct_pubsub.VALIDATED_BEAM
+    with pytest.raises(RuntimeError, match="checked on Beam 2.77.0 only; this is Beam 2.78.0"):
+        direct_pubsub.check_beam_version("2.78.0")
+    direct_pubsub.install()
+    direct_pubsub.install()  # idempotent
+    from apache_beam.runners.direct import transform_evaluator
+
+    assert transform_evaluator._PubSubReadEvaluator._read_from_pubsub.__module__ == "beam_pipeline.direct_pubsub"
