@@ -67,6 +67,11 @@ def add_scoring_arguments(parser) -> None:
     g.add_argument("--share_model", nargs="?", const=True, default=False, type=parse_bool, metavar="true|false",
                    help="true: one model per machine shared by its worker processes (large models; see "
                         "--model_copies); --share_model alone means true (default false)")
+    g.add_argument("--model_pattern", default=None,
+                   help="streaming: follow the newest checkpoint whose checkpoint.json matches this glob (e.g. "
+                        "gs://b/models/*/checkpoint.json) and swap to it between batches while running")
+    g.add_argument("--model_poll_s", type=float, default=60.0,
+                   help="with --model_pattern: seconds between looks for a new checkpoint (default 60)")
     g.add_argument("--model_copies", type=int, default=None,
                    help="number of shared model copies per machine (implies --share_model)")
     g.add_argument("--metrics_port", type=int, default=None,

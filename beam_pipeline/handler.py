@@ -23,6 +23,7 @@ retries it, instead of the job dead-lettering its whole input.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from emmr.batch import ModalityBatch
 from emmr.scorer import Scorer, Scores
 
 log = logging.getLogger(__name__)
+_served: dict = {}  # the labels of emmr_model_info this process exports (the model of its latest batch)
+_served_lock = threading.Lock()
 SCORE_FIELDS = ("probabilities", "label_index", "key_missing", "key_modality", "label_full", "label_pair",
                 "ensemble_used")
 
@@ -145,13 +148,17 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
     def __init__(self, model_path: str, *, device: str = "cpu", autocast: str | None = None,
                  torch_threads: int | None = None, batch_size: int = 256, batch_duration_s: float | None = None,
                  share_model: bool = False, model_copies: int | None = None, clock=time, metrics_port: int = 0,
-                 metrics_addr: str = "0.0.0.0"):
+                 metrics_addr: str = "0.0.0.0", follow: str | None = None, follow_every_s: float = 60.0):
         """batch_duration_s: None in batch mode (RunInference batches elements up to batch_size records); seconds in
         streaming (the job batched messages already: RunInference's batching is skipped).
         metrics_port/metrics_addr: where the worker process serves /metrics (0: off), started when RunInference
-        sets up, before the model loads."""
+        sets up, before the model loads. follow: in-process runners, a checkpoint.json glob this handler looks at
+        every follow_every_s seconds, swapping to the newest checkpoint between batches (beam_pipeline/
+        model_updates.py; remote runners follow it through a side input instead)."""
         super().__init__()
         self._padder: Padder | None = None
+        self._follow, self._follow_every_s = follow, follow_every_s
+        self._next_look, self._followed, self._rejected = 0.0, None, set()
         self._model_path, self._device, self._autocast = model_path, device, autocast
         self._torch_threads, self._batch_size, self._batch_duration_s = torch_threads, batch_size, batch_duration_s
         self._share, self._copies = share_model or model_copies is not None, model_copies
@@ -187,8 +194,26 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
     def _record_model(self, info: ModelInfo) -> None:
         rec = self._recorder or metrics.Recorder()
         self._recorder = rec
-        rec.set(metrics.MODEL_INFO, 1, version=info.version, device=info.device, requested_device=info.requested_device)
+        labels = {"version": info.version, "device": info.device, "requested_device": info.requested_device}
+        with _served_lock:  # the process serves the model of its latest batch: one series, not one per swap
+            previous = _served.get("labels")
+            if previous is not None and previous != labels:
+                rec.clear(metrics.MODEL_INFO, **previous)
+            _served["labels"] = labels
+            rec.set(metrics.MODEL_INFO, 1, **labels)
         rec.set(metrics.MODEL_LOAD, info.load_seconds)
+
+    def update_model_path(self, model_path: str | None = None) -> None:
+        """RunInference's hook for a model update (a side input of ModelMetadata, beam_pipeline/model_updates.py):
+        the next load reads this checkpoint directory (a path to its checkpoint.json is taken as its directory).
+        RunInference swaps models between batches, so each batch is scored by one model and says which
+        (prediction v1 `model_version`)."""
+        if not model_path:
+            return
+        path = model_path[: -len("/checkpoint.json")] if model_path.endswith("/checkpoint.json") else model_path
+        if path != self._model_path:
+            log.info("model update: %s -> %s", self._model_path, path)
+            self._model_path, self._info = path, None
 
     def run_inference(self, batch: Sequence[ScoringBatch], model: LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[ScoredBatch]:
@@ -204,8 +229,35 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
                 raise BatchFailed(f"{type(e).__name__}: {e}") from e
             raise
 
+    def _follow_pattern(self, model: LoadedModel) -> LoadedModel:
+        """In-process runners with --model_pattern: every follow_every_s seconds, before a batch, look for a newer
+        checkpoint; an accepted one is loaded and scores from this batch on. Returns the model to score with."""
+        if self._follow is None:
+            return model
+        now = self._clock.monotonic()
+        if now >= self._next_look:
+            from beam_pipeline import model_updates
+
+            self._next_look = now + self._follow_every_s
+            path = model_updates.newest_checkpoint(self._follow)
+            if path and path != self._model_path and path not in self._rejected:
+                config = self._model_config()
+                if model_updates.checked(path, config.to_dict(), self._recorder or metrics.Recorder()) is None:
+                    self._rejected.add(path)
+                else:
+                    self.update_model_path(path)
+                    self._followed = self.load_model()
+        return self._followed or model
+
+    def _model_config(self):
+        from emmr import checkpoint
+        from emmr.config import ModelConfig
+
+        return ModelConfig.from_dict(checkpoint.read_meta(self._model_path)["model"])
+
     def score_elements(self, elements: list[ScoringBatch], model: LoadedModel) -> list[ScoredBatch]:
         """Concatenate the elements' records, score them (score_robustly), split the scores back per element."""
+        model = self._follow_pattern(model)
         if self._info is None:  # the model was loaded by another handler instance, or another process (shared)
             self._info = model.info()
         info = self._info
@@ -234,10 +286,7 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         """Canonical Arrow records -> the model's padded arrays, in this handler's reused buffers (the one place
         padding happens: beam_pipeline/padding.py)."""
         if self._padder is None:
-            from emmr import checkpoint
-            from emmr.config import ModelConfig
-
-            config = ModelConfig.from_dict(checkpoint.read_meta(self._model_path)["model"])
+            config = self._model_config()
             self._padder = Padder(tuple(config.modalities), pinned=self._device.startswith("cuda"))
         return self._padder.pad(tables)
 

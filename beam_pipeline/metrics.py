@@ -89,6 +89,11 @@ MODEL_INFO = MetricDef(
     "emmr_model_info", GAUGE, "Always 1; labels name the model served: version, device used, device asked for.",
     ("version", "device", "requested_device"))
 MODEL_LOAD = MetricDef("emmr_model_load_seconds", GAUGE, "Seconds the worker took to load the checkpoint.")
+MODEL_UPDATES = MetricDef(
+    "emmr_model_updates_total", COUNTER,
+    "Streaming: candidate models checked for a swap (--model_pattern, --model_updates_subscription), by outcome: "
+    "accepted (served from the next batch on) or rejected (unreadable, corrupt or incompatible; the model in "
+    "service stays).", ("outcome",))
 JOB_DURATION = MetricDef(
     "emmr_job_duration_seconds", GAUGE, "Batch: wall time of the run, from launch to the end of the pipeline.",
     batch_only=True)
@@ -97,7 +102,7 @@ JOB_LAST_SUCCESS = MetricDef(
     batch_only=True)
 
 ALL = (INPUT_RECORDS, RECORDS, DEAD_LETTERS, PREDICTIONS, MISSING, KEY_MISSING, ENSEMBLE_USED, BATCH_SIZE,
-       INFERENCE_LATENCY, END_TO_END_LATENCY, MODEL_INFO, MODEL_LOAD, JOB_DURATION, JOB_LAST_SUCCESS)
+       INFERENCE_LATENCY, END_TO_END_LATENCY, MODEL_INFO, MODEL_LOAD, MODEL_UPDATES, JOB_DURATION, JOB_LAST_SUCCESS)
 PREDICTED, DEAD_LETTER = "predicted", "dead_letter"
 
 _SERIES = re.compile(r"^(?P<name>[a-z_:][a-z0-9_:]*)(\{(?P<labels>[^}]*)\})?$")
@@ -111,6 +116,7 @@ def known_series(modality_names, label_names) -> dict[str, list[dict[str, str]]]
         PREDICTIONS.name: [{"label": l} for l in label_names],
         MISSING.name: [{"modality": m} for m in modality_names],
         KEY_MISSING.name: [{"modality": m} for m in modality_names],
+        MODEL_UPDATES.name: [{"outcome": "accepted"}, {"outcome": "rejected"}],
     }
 
 
@@ -227,6 +233,19 @@ class Recorder:
     def observe_many(self, metric: MetricDef, values) -> None:
         for v in values:
             self.observe(metric, float(v))
+
+    def clear(self, metric: MetricDef, **labels: str) -> None:
+        """Remove a labelled Prometheus series (a model no longer served); its Beam gauge goes to 0."""
+        series = series_name(metric.beam_name, labels)
+        g = self._beam.get(series)
+        if g is None:
+            g = self._beam[series] = Metrics.gauge(NAMESPACE, series)
+        g.set(0)
+        prom = _prometheus(metric)
+        try:
+            prom.remove(*(labels[k] for k in metric.labels))
+        except KeyError:
+            pass
 
     def set(self, metric: MetricDef, value: float, **labels: str) -> None:
         series = series_name(metric.beam_name, labels)

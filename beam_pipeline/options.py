@@ -78,6 +78,8 @@ class JobConfig:
     in_process: bool = False  # the runner runs the job in this process (DirectRunner): it is its own worker
     file_shards: int = 2
     allowed_lateness_s: float = 86400.0
+    model_pattern: str | None = None
+    model_poll_s: float = 60.0
     job_id: str | None = None  # a local run's id (run() sets it); remote runners' workers read theirs (JOB_ID)
 
     @property
@@ -171,6 +173,13 @@ def check_options(options: PipelineOptions) -> JobConfig:
         problems.append("--pushgateway is for batch jobs (a streaming job never ends): scrape the workers' "
                         "/metrics (--metrics_port) instead")
     in_process = runs_in_process(options)
+    if o.model_pattern and not streaming:
+        problems.append("--model_pattern is for streaming jobs (a batch run scores with one model: --model)")
+    if o.model_pattern and not o.model_pattern.endswith("checkpoint.json"):
+        problems.append(f"--model_pattern {o.model_pattern!r}: expected a glob of checkpoint.json files, e.g. "
+                        "gs://bucket/models/*/checkpoint.json")
+    if o.model_poll_s is None or o.model_poll_s <= 0:
+        problems.append(f"--model_poll_s must be positive, got {o.model_poll_s}")
     for flag in ("summary_json", "pushgateway"):
         if getattr(o, flag) and not in_process:
             problems.append(f"--{flag} is for runs in this process: on a remote runner the launcher returns once the "
@@ -203,6 +212,8 @@ def check_options(options: PipelineOptions) -> JobConfig:
         in_process=in_process,
         file_shards=o.file_shards,
         allowed_lateness_s=o.allowed_lateness_s,
+        model_pattern=o.model_pattern,
+        model_poll_s=o.model_poll_s,
     )
 
 

@@ -46,6 +46,7 @@ from beam_pipeline.elements import Message, ParquetChunk, ScoringBatch
 from beam_pipeline.faults import BatchFailed
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
 from beam_pipeline.jobs import new_local_id
+from beam_pipeline.model_updates import ModelUpdates
 from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
 from beam_pipeline.worker import ServeMetricsAtWorkerStart  # noqa: F401 - defined here, so Dataflow's workers import it
@@ -325,7 +326,9 @@ def make_handler(config: JobConfig, model: ModelSpec) -> EMMRModelHandler:
         model.path, device=config.device, autocast=config.autocast, torch_threads=config.torch_threads,
         batch_size=config.batch_size, batch_duration_s=config.batch_duration_s if config.streaming else None,
         share_model=config.share_model, model_copies=config.model_copies, metrics_port=config.metrics_port,
-        metrics_addr=config.metrics_addr)
+        metrics_addr=config.metrics_addr,
+        follow=config.model_pattern if config.streaming and config.in_process else None,
+        follow_every_s=config.model_poll_s)
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
@@ -370,7 +373,12 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
     handler = handler or make_handler(config, model)
     # Only failures records can cause reach the exception output (BatchFailed, beam_pipeline/faults.py); an
     # infrastructure fault fails the bundle, and the runner retries it.
-    scored, failed = records | "Score" >> RunInference(handler).with_exception_handling(exc_class=BatchFailed)
+    updates = None
+    if config.streaming and config.model_pattern and not config.in_process:  # a swap without a gap: model_updates.py
+        updates = p | "ModelUpdates" >> ModelUpdates(config.model_pattern, model.config.to_dict(), config.model_poll_s,
+                                                     config.metrics_port, config.metrics_addr)
+    scored, failed = records | "Score" >> RunInference(handler, model_metadata_pcoll=updates).with_exception_handling(
+        exc_class=BatchFailed)
     formatted = scored | "Format" >> beam.ParDo(
         FormatPredictions(modalities, sources=ack_predictions is not None, **served)).with_outputs(DEAD, main="tables")
     failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))

@@ -143,8 +143,8 @@ class JobSummary:
 
     @classmethod
     def from_snapshot(cls, s: metrics.Snapshot, job: JobInfo, model: ModelFacts) -> "JobSummary":
-        versions = [metrics.parse_series(k)[1].get("version") for k in s.gauges
-                    if metrics.parse_series(k)[0] == metrics.MODEL_INFO.name]
+        versions = [metrics.parse_series(k)[1].get("version") for k, v in s.gauges.items()
+                    if metrics.parse_series(k)[0] == metrics.MODEL_INFO.name and v]  # 0: a model swapped out
         return cls(
             state=job.state,
             records_in=s.total(metrics.INPUT_RECORDS),

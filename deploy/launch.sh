@@ -3,8 +3,14 @@
 #
 #   deploy/launch.sh batch        [--dry-run]   # one batch run (deploy/flex-template/launch-batch.json)
 #   deploy/launch.sh streaming    [--dry-run]   # the streaming job (deploy/flex-template/launch-streaming.json)
+#   deploy/launch.sh update       [--dry-run]   # replace the running streaming job in place (Dataflow --update)
 #   deploy/launch.sh drain        [JOB_NAME]    # drain the active streaming job (default emmr-streaming)
 #
+# `update` sends the streaming request with launchParameter.update = true and the transform name mapping of
+# deploy/flex-template/transform-name-mapping.json (old name -> new name, for every transform renamed since the
+# running job was launched; deploy/flex-template/transforms-streaming.txt lists today's names and the tests fail
+# when one changes): Dataflow checks compatibility, moves the in-flight state and messages over, and the new job
+# takes the old one's name. Rolling a model needs no update: the job follows MODEL_PATTERN (RUNBOOK.md).
 # The request files hold every parameter; this script fills them from the environment (deploy/render_body.py)
 # and POSTs them to the Dataflow API with the caller's gcloud login (nothing secret is stored here). The
 # schedule (deploy/scheduler/schedule.sh) sends the same batch request, so a manual run and a scheduled one
@@ -18,7 +24,8 @@
 #            --pushgateway HOST:9091` summarises it from its committed metrics and pushes the summary (the schedule,
 #            deploy/scheduler/, does this by itself)
 # Streaming: SUBSCRIPTION (projects/P/subscriptions/S), OUTPUT_TOPIC and/or OUTPUT; DEAD_LETTER may be a topic;
-#            optional METRICS_PORT (default 9464), BATCH_DURATION_S, WINDOW_S, JOB_NAME (default emmr-streaming)
+#            optional MODEL_PATTERN (gs://.../models/*/checkpoint.json: swap to the newest checkpoint while
+#            running), METRICS_PORT (default 9464), BATCH_DURATION_S, WINDOW_S, JOB_NAME (default emmr-streaming)
 # Optional:  DEVICE (default cuda), BATCH_SIZE, MODEL_COPIES, MACHINE_TYPE (default g2-standard-8),
 #            MAX_WORKERS, WORKER_THREADS (default 4), SERVICE_ACCOUNT, NETWORK, SUBNETWORK, IP_CONFIGURATION,
 #            STAGING_LOCATION, DATAFLOW_SERVICE_OPTIONS (default: one nvidia-l4 per worker with the driver;
@@ -52,10 +59,13 @@ need() {
   if [[ ${#missing[@]} -gt 0 ]]; then echo "launch.sh: set ${missing[*]} (see --help)" >&2; exit 2; fi
 }
 
-launch() {  # launch REQUEST_FILE
+launch() {  # launch REQUEST_FILE [update]
   need PROJECT REGION
   local body url
   body="$(python3 "$here/render_body.py" "$1")" || exit 2
+  if [[ "${2:-}" == update ]]; then  # in place: the running job is replaced, its state carried over
+    body="$(python3 -c 'import json, sys; b = json.loads(sys.argv[1]); m = json.load(open(sys.argv[2])); p = b["launchParameter"]; p["update"] = True; p["transformNameMappings"] = {k: v for k, v in m.items() if not k.startswith("#")}; json.dump(b, sys.stdout, indent=2)' "$body" "$here/flex-template/transform-name-mapping.json")"
+  fi
   if [[ "${DATAFLOW_SERVICE_OPTIONS:-}" == none ]]; then  # CPU-only: no accelerator option at all
     body="$(python3 -c 'import json, sys; b = json.load(sys.stdin); b["launchParameter"]["parameters"].pop("dataflow_service_options"); json.dump(b, sys.stdout, indent=2)' <<<"$body")"
   fi
@@ -74,6 +84,7 @@ launch() {  # launch REQUEST_FILE
 case "$command" in
   batch) launch "$here/flex-template/launch-batch.json" ;;
   streaming) launch "$here/flex-template/launch-streaming.json" ;;
+  update) launch "$here/flex-template/launch-streaming.json" update ;;
   drain)
     need PROJECT REGION
     name="${args[0]:-${JOB_NAME:-emmr-streaming}}"
@@ -85,5 +96,5 @@ case "$command" in
     [[ -n "$id" ]] || { echo "launch.sh: no active job named $name in $REGION" >&2; exit 1; }
     gcloud dataflow jobs drain "$id" --project "$PROJECT" --region "$REGION"
     ;;
-  *) echo "launch.sh: unknown command $command (batch, streaming, drain)" >&2; exit 2 ;;
+  *) echo "launch.sh: unknown command $command (batch, streaming, update, drain)" >&2; exit 2 ;;
 esac

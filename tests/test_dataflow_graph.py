@@ -92,9 +92,10 @@ def graphs(gcs_emulator, tiny_model):  # noqa: F811
            "OUTPUT": f"{root}/predictions/part", "DEAD_LETTER": f"{root}/dead-letters/part",
            "TEMP_LOCATION": f"{root}/tmp"}
     out = {}
-    for kind, kind_env in (("batch", env), ("streaming", {**STREAMING_ENV, "MODEL": env["MODEL"],
-                                                          "TEMP_LOCATION": env["TEMP_LOCATION"]})):
-        request = launch_request(kind, kind_env)
+    streaming = {**STREAMING_ENV, "MODEL": env["MODEL"], "TEMP_LOCATION": env["TEMP_LOCATION"]}
+    follow = {**streaming, "MODEL_PATTERN": f"{root}/models/*/checkpoint.json"}
+    for kind, kind_env in (("batch", env), ("streaming", streaming), ("streaming-follow", follow)):
+        request = launch_request(kind.split("-")[0], kind_env)
         argv = render_body.launcher_argv(request, kind_env["PROJECT"], kind_env["REGION"]) + ["--dry_run=True"]
         result = run(argv)
         out[kind] = {"request": request, "argv": argv, "job": result.job, "proto": result.job.proto_pipeline}
@@ -194,3 +195,21 @@ def test_the_batch_job_gives_the_same_outputs_on_multi_process_and_portable_runn
                                    np.stack(base_p.column("probabilities").to_pylist()), rtol=1e-5, atol=1e-7)
         for column in ("id", "source", "error_kind", "payload"):
             assert d.column(column).equals(base_d.column(column)), (name, column)
+
+
+@pytest.mark.integration
+def test_a_streaming_job_following_a_model_pattern_watches_it_through_a_side_input(graphs):
+    """--model_pattern on Dataflow: WatchFilePattern -> VerifyModel -> RunInference's side input (the handler's
+    update_model_path swaps between batches); the rest of the graph keeps its names, so an in-place update from a
+    job without it needs no mapping."""
+    names = _names(graphs["streaming-follow"]["proto"])
+    assert any(n.startswith("ModelUpdates/WatchModels/") for n in names)
+    assert "ModelUpdates/VerifyModel" in names
+    from apache_beam.portability.api import beam_runner_api_pb2 as api
+
+    with_side = [t.unique_name for t in graphs["streaming-follow"]["proto"].components.transforms.values()
+                 if t.unique_name.startswith("Score/") and t.spec.urn == "beam:transform:pardo:v1"
+                 and api.ParDoPayload.FromString(t.spec.payload).side_inputs]
+    assert with_side, "RunInference takes the models as a side input"
+    base = set(_names(graphs["streaming"]["proto"]))
+    assert base - set(names) == set(), sorted(base - set(names))

@@ -560,3 +560,19 @@ def test_dead_letters_replay_to_the_records_they_came_from(synth_dir, tmp_path):
     assert status == 1 and pq.read_table(out).to_pylist() == records.slice(0, 3).to_pylist()
     assert replay_tool.main(["--dead-letters", str(tmp_path / "none-*.parquet"), "--out", str(out)]) == 2
     assert pa.ipc.open_stream(letters[0].payload).read_all().num_rows == 1
+
+
+def test_update_replaces_the_streaming_job_in_place_with_the_recorded_name_mapping():
+    """`launch.sh update`: the streaming request with update=true and transform-name-mapping.json; every mapped
+    new name is a name of today's graph (transforms-streaming.txt), no old one still is."""
+    out = run_script(DEPLOY / "launch.sh", "update", "--dry-run", env=STREAMING_ENV)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout.split("\n", 1)[1])
+    launch = body["launchParameter"]
+    assert launch["update"] is True and launch["jobName"] == "emmr-streaming"
+    assert launch["parameters"] == launch_request("streaming", STREAMING_ENV)["launchParameter"]["parameters"]
+    mapping = json.loads((DEPLOY / "flex-template" / "transform-name-mapping.json").read_text())
+    mapping = {k: v for k, v in mapping.items() if not k.startswith("#")}
+    assert launch["transformNameMappings"] == mapping
+    names = set((DEPLOY / "flex-template" / "transforms-streaming.txt").read_text().split("\n"))
+    assert all(new in names and old not in names for old, new in mapping.items()), mapping

@@ -81,6 +81,11 @@ def panels() -> list[dict]:
                       "", instant=True, fmt="table")], w=12),
         panel("stat", "Streaming workers up", "Workers of the streaming job that answer /metrics.",
               [target('sum by (job) (up{job="emmr-streaming"})', "{{job}}")], w=4),
+        panel("stat", "Model updates (streaming)",
+              "Candidate models a streaming job checked for an in-place swap (--model_pattern, "
+              "--model_updates_subscription): accepted ones serve from the next batch on; rejected ones were "
+              "unreadable, corrupt or incompatible, and the model in service stayed (worker logs say why).",
+              [target(f"sum by (job, outcome) (emmr_model_updates_total{{{S}}})", "{{job}} {{outcome}}")], w=8),
         panel("stat", "Model load time", "Seconds a worker took to load the checkpoint (emmr_model_load_seconds).",
               [target('max by (job, mode) (emmr_model_load_seconds{job=~"$job"})', "{{job}} ({{mode}})")],
               unit="s", w=8),
