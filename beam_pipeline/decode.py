@@ -1,8 +1,10 @@
 """Decoding and validation, as plain functions (no runner): Arrow in, ScoringBatches and dead letters out.
 
 Batch mode validates a whole Parquet row group (or slice, see sources.py) at once (vectorised, schemas.validate),
-keeps the valid rows in the canonical Arrow layout (beam_pipeline/padding.py) and cuts them into ScoringBatches of
-at most --batch_size records (zero-copy slices). Streaming decodes a batch of messages v1 (batched before
+keeps the valid rows in the canonical Arrow layout (beam_pipeline/padding.py) and cuts them into ScoringBatches
+(zero-copy slices) of --batch_size records or, when more fit, of about `element_bytes` (ELEMENT_BYTES in the job):
+Beam's cost is per element, so small records travel many to an element and the handler cuts model batches of
+--batch_size from them. Streaming decodes a batch of messages v1 (batched before
 decoding, beam_pipeline/pipeline.py): each message's own checks one by one, then its records validated together,
 vectorised, into one ScoringBatch. Nothing is padded here: the model handler pads. Every invalid record becomes
 exactly one dead letter naming its id, field and reason; valid ids that repeat across row groups or messages are
@@ -45,6 +47,10 @@ BAD_ATTRIBUTES = "bad_attributes"
 MIN_TIME_US, MAX_TIME_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _UNIT_US = {"s": 1_000_000, "ms": 1_000, "us": 1}
+# Batch mode: canonical Arrow bytes per element beyond --batch_size records. The DirectRunner spends about 1 ms on an
+# element (benchmarks/io_ceiling.py), so 256 small-preset records (0.27 MB) per element cost more in Beam than in
+# pyarrow; 8 MiB keeps that under 1 % and still spreads a 64 MiB read slice over several workers on Dataflow.
+ELEMENT_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,13 @@ class Decoder:
     modalities: tuple[ModalitySpec, ...]
     num_classes: int
     batch_size: int = 256
+    element_bytes: int = 0  # batch mode: records per element up to this many bytes, never under batch_size
+
+    def element_rows(self, t: pa.Table) -> int:
+        """Records per ScoringBatch cut from the canonical table `t`."""
+        if not self.element_bytes or not t.num_rows:
+            return self.batch_size
+        return max(self.batch_size, int(self.element_bytes // max(1.0, t.nbytes / t.num_rows)))
 
     @property
     def modality_names(self) -> list[str]:
@@ -73,7 +86,10 @@ def event_times(t: pa.Table) -> np.ndarray:
 
 
 def _combined(col) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    """One array for a column; a column of one chunk is that chunk (combine_chunks would copy a slice's values)."""
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def invalid_utf8_rows(t: pa.Table) -> np.ndarray:
@@ -276,9 +292,9 @@ def decode_chunk(chunk: ParquetChunk, d: Decoder) -> tuple[list[ScoringBatch], l
     chunk_rows = rows[valid_rows]
     good = canonical_table(good, d.modalities)
     times = event_times(good)
-    batches = []
-    for start in range(0, good.num_rows, d.batch_size):
-        piece = good.slice(start, d.batch_size)  # zero-copy
+    batches, size = [], d.element_rows(good)
+    for start in range(0, good.num_rows, size):
+        piece = good.slice(start, size)  # zero-copy
         stop = start + piece.num_rows
         batches.append(ScoringBatch(table=piece, event_time_us=times[start:stop], publish_time_us=None,
                                     source=chunk.path, rows=chunk.first_row + chunk_rows[start:stop]))

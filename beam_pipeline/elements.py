@@ -10,7 +10,10 @@
   so that a shuffle or a batching state carries the records' real values, not padded arrays (a paper-size record
   is about 1.5x larger padded). Batch mode carries up to --batch_size records per element (a row group's valid
   rows); streaming carries a batch of messages' records.
-Beam pickles these between stages: Arrow tables pickle as their buffers, numpy arrays as raw buffers.
+Beam pickles these between stages (and encodes a sample of them to estimate sizes): Arrow tables pickle as their
+buffers, numpy arrays as raw buffers. A zero-copy slice of a table pickles its parent's whole buffers, so a
+ScoringBatch cut from a row group pickles as an Arrow IPC stream of its own rows (`__reduce__`): 0.27 MB instead of
+24 MB for 256 small-preset records of a 100,000-record row group.
 """
 
 from __future__ import annotations
@@ -72,6 +75,14 @@ class ScoringBatch:
     def sources(self) -> list[str]:
         return [self.source_of(i) for i in range(len(self))]
 
+    def __reduce__(self):
+        """Pickle the records' own bytes: a slice's table is written as an Arrow IPC stream (only its rows), not with
+        its parent's buffers."""
+        fields = (self.event_time_us, self.publish_time_us, self.source, self.rows, self.message_ids)
+        if self.table.get_total_buffer_size() <= 1.25 * self.table.nbytes + 4096:
+            return ScoringBatch, (self.table, *fields)
+        return _scoring_batch_from_ipc, (_ipc_bytes(self.table), *fields)
+
     def take(self, index: np.ndarray) -> "ScoringBatch":
         index = np.asarray(index, dtype=np.int64)
         return ScoringBatch(
@@ -82,3 +93,14 @@ class ScoringBatch:
             rows=None if self.rows is None else self.rows[index],
             message_ids=None if self.message_ids is None else self.message_ids[index],
         )
+
+
+def _ipc_bytes(table: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def _scoring_batch_from_ipc(data: pa.Buffer, *fields) -> ScoringBatch:
+    return ScoringBatch(pa.ipc.open_stream(data).read_all(), *fields)

@@ -6,10 +6,12 @@ buffers it reuses (beam_pipeline/padding.py: every modality to the model's max_l
 host memory on CUDA), lets emmr.scorer.Scorer turn them into torch on the chosen device under
 `torch.inference_mode`, and hands numpy back. Torch never leaves this module.
 
-Batching: in batch mode each element already holds up to --batch_size records, so RunInference's BatchElements
+Batching: in batch mode each element holds at least --batch_size records, more when they are small (about 8 MiB of
+Arrow: beam_pipeline/decode.py ELEMENT_BYTES, since Beam's cost is per element), so RunInference's BatchElements
 weighs elements by their record count and groups small ones up to --batch_size (it never splits one); in
 streaming the job batches messages before decoding (size and latency bound), so each element is a batch and
-RunInference's own batching is skipped (`should_skip_batching`).
+RunInference's own batching is skipped (`should_skip_batching`). Either way the handler cuts what it gets into
+model batches of at most --batch_size records.
 
 A failure never takes its batch neighbours with it: when the model raises on a batch something records can cause
 (beam_pipeline/faults.py), the batch is bisected until only the records that fail on their own remain; they come
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from apache_beam.ml.inference.base import ModelHandler
 
 from beam_pipeline import metrics
@@ -256,7 +259,8 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         return ModelConfig.from_dict(checkpoint.read_meta(self._model_path)["model"])
 
     def score_elements(self, elements: list[ScoringBatch], model: LoadedModel) -> list[ScoredBatch]:
-        """Concatenate the elements' records, score them (score_robustly), split the scores back per element."""
+        """Concatenate the elements' records, score them in model batches of at most --batch_size (score_robustly),
+        split the scores back per element."""
         model = self._follow_pattern(model)
         if self._info is None:  # the model was loaded by another handler instance, or another process (shared)
             self._info = model.info()
@@ -266,19 +270,26 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         scoring = [e for e in elements if len(e)]
         if not scoring:
             return [ScoredBatch(e, _empty_scores(0, len(info.label_names)), {}, info) for e in elements]
-        started = self._clock.perf_counter()
-        records = self.pad([e.table for e in scoring])
-        present = np.stack([records.lengths[n] > 0 for n in records.names], axis=1)
-        outcome = score_robustly(model, records, len(info.label_names))
-        rec.observe(metrics.INFERENCE_LATENCY, self._clock.perf_counter() - started)
-        rec.observe(metrics.BATCH_SIZE, len(records))
+        tables = [e.table for e in scoring]
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        n, classes = table.num_rows, len(info.label_names)
+        scores, failures = _empty_scores(n, classes), {}
+        present = np.zeros((n, len(info.modality_names)), dtype=bool)
+        for start in range(0, n, self._batch_size):
+            started = self._clock.perf_counter()
+            records = self.pad([table.slice(start, self._batch_size)])
+            present[start : start + len(records)] = np.stack([records.lengths[m] > 0 for m in records.names], axis=1)
+            outcome = score_robustly(model, records, classes)
+            rec.observe(metrics.INFERENCE_LATENCY, self._clock.perf_counter() - started)
+            rec.observe(metrics.BATCH_SIZE, len(records))
+            _assign(scores, start, outcome.scores)
+            failures.update({start + i: f for i, f in outcome.failures.items()})
         scored_at_us = int(self._clock.time() * 1e6)
         out, start = [], 0
         for e in elements:
             stop = start + len(e)
-            failures = {i - start: f for i, f in outcome.failures.items() if start <= i < stop}
-            out.append(ScoredBatch(e, _slice(outcome.scores, start, stop), failures, info, scored_at_us,
-                                   present[start:stop]))
+            mine = {i - start: f for i, f in failures.items() if start <= i < stop}
+            out.append(ScoredBatch(e, _slice(scores, start, stop), mine, info, scored_at_us, present[start:stop]))
             start = stop
         return out
 

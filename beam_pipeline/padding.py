@@ -21,7 +21,10 @@ from schemas.validate import frame_rows
 
 
 def _combined(col) -> pa.Array:
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    """One array for a column; a column of one chunk is that chunk (combine_chunks would copy a slice's values)."""
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def list_lengths(col: pa.Array) -> np.ndarray:

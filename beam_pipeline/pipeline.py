@@ -41,7 +41,7 @@ from apache_beam.transforms.util import GroupIntoBatches
 
 from beam_pipeline import acks, dead_letters, metrics, outputs, paths
 from beam_pipeline.acks import AckAfter
-from beam_pipeline.decode import Decoder, as_message, decode_chunk_safely, decode_messages_safely
+from beam_pipeline.decode import ELEMENT_BYTES, Decoder, as_message, decode_chunk_safely, decode_messages_safely
 from beam_pipeline.elements import Message, ParquetChunk, ScoringBatch
 from beam_pipeline.faults import BatchFailed
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
@@ -74,7 +74,7 @@ class ModelSpec:
         return cls(path=path, version=meta["model_version"], config=ModelConfig.from_dict(meta["model"]))
 
     def decoder(self, batch_size: int) -> Decoder:
-        return Decoder(self.config.modalities, self.config.num_classes, batch_size)
+        return Decoder(self.config.modalities, self.config.num_classes, batch_size, ELEMENT_BYTES)
 
     def input_columns(self) -> list[str]:
         return ["id", *self.config.modality_names, "label", "event_time"]

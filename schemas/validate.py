@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.arrow import INPUT, SCHEMA_VERSION, schema_name_version
 from schemas.modality import ModalitySpec
@@ -62,29 +63,34 @@ class ValidationResult:
 
 
 class _Errors:
-    """Collects the first error per row."""
+    """Collects the first error per row, vectorised: an error code per row (-1 = none), the reasons by code."""
 
-    def __init__(self, n: int, ids: list[str | None]):
-        self.n, self.ids = n, ids
-        self.kind: list[str | None] = [None] * n
-        self.field: list[str] = [""] * n
-        self.message: list[str] = [""] * n
+    def __init__(self, n: int, ids: pa.Array | None):
+        self.n, self._ids = n, ids
+        self.code = np.full(n, -1, dtype=np.int32)
+        self.reasons: list[tuple[str, str, str]] = []  # code -> (field, kind, message)
 
     def add(self, rows: np.ndarray, field: str, kind: str, message: str) -> None:
-        for r in np.flatnonzero(rows) if rows.dtype == bool else rows:
-            if self.kind[r] is None:
-                self.kind[r], self.field[r], self.message[r] = kind, field, message
+        rows = np.asarray(rows)
+        new = np.zeros(self.n, dtype=bool)
+        new[rows] = True  # a boolean mask or row indices
+        new &= self.code < 0
+        if new.any():
+            self.code[new] = len(self.reasons)
+            self.reasons.append((field, kind, message))
 
     def add_all(self, field: str, kind: str, message: str) -> None:
         self.add(np.ones(self.n, dtype=bool), field, kind, message)
 
+    def record_id(self, row: int) -> str | None:
+        return None if self._ids is None else self._ids[row].as_py()
+
     def result(self) -> ValidationResult:
-        valid = np.array([k is None for k in self.kind], dtype=bool)
-        errors = [
-            RecordError(r, self.ids[r], self.field[r], self.kind[r], self.message[r])
-            for r in range(self.n)
-            if self.kind[r] is not None
-        ]
+        valid = self.code < 0
+        errors = []
+        for r in np.flatnonzero(~valid):
+            field, kind, message = self.reasons[self.code[r]]
+            errors.append(RecordError(int(r), self.record_id(int(r)), field, kind, message))
         return ValidationResult(valid=valid, errors=errors)
 
 
@@ -92,14 +98,27 @@ def _column(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Array | None:
     if name not in batch.schema.names:
         return None
     col = batch.column(name)
-    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if not isinstance(col, pa.ChunkedArray):
+        return col
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()  # one chunk: no copy
 
 
-def _ids(batch, n: int) -> tuple[list[str | None], pa.Array | None]:
+def _ids(batch) -> pa.Array | None:
+    """The id column when it holds strings (what errors name records by), else None."""
     col = _column(batch, "id")
     if col is None or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        return [None] * n, col
-    return col.to_pylist(), col
+        return None
+    return col
+
+
+def _empty_and_repeated(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) bool each: ids null or empty; non-empty ids equal to an earlier row's. Vectorised (hashing in Arrow)."""
+    n = len(ids)
+    empty = pc.fill_null(pc.equal(pc.binary_length(ids), 0), True).to_numpy(zero_copy_only=False)
+    codes = pc.fill_null(ids.dictionary_encode().indices, -1).to_numpy(zero_copy_only=False)
+    repeated = np.ones(n, dtype=bool)
+    repeated[np.unique(codes, return_index=True)[1]] = False  # the first row of each distinct id
+    return empty, repeated & ~empty
 
 
 def frame_rows(lengths: np.ndarray) -> np.ndarray:
@@ -143,8 +162,11 @@ def _check_modality(col: pa.Array | None, m: ModalitySpec, errors: _Errors, leng
             return
         # every frame, null or not, has m.dim slots in the child array (flatten() would skip the null ones)
         values = frames.values.slice(frames.offset * m.dim, len(frames) * m.dim).to_numpy(zero_copy_only=False)
-        per_frame_finite = np.isfinite(values.reshape(-1, m.dim)).all(axis=1) if len(values) else np.ones(0, bool)
-        per_frame_finite |= frames.is_null().to_numpy(zero_copy_only=False)  # reported as null_frame
+        if np.isfinite(values).all():  # the usual case: one pass, no per-frame array
+            per_frame_finite = np.ones(len(frames), dtype=bool)
+        else:
+            per_frame_finite = np.isfinite(values.reshape(-1, m.dim)).all(axis=1)
+            per_frame_finite |= frames.is_null().to_numpy(zero_copy_only=False)  # reported as null_frame
     else:
         frame_len = frames.value_lengths().fill_null(m.dim).to_numpy(zero_copy_only=False)
         wrong = np.zeros(n, dtype=bool)
@@ -177,8 +199,8 @@ def validate_input(
     that arrived separately, e.g. Pub/Sub messages validated together, are not one batch).
     """
     n = batch.num_rows
-    ids, id_col = _ids(batch, n)
-    errors = _Errors(n, ids)
+    id_col = _column(batch, "id")
+    errors = _Errors(n, _ids(batch))
 
     name, version = schema_name_version(batch.schema)
     if version is not None and (version != SCHEMA_VERSION or name not in (None, INPUT)):
@@ -189,14 +211,8 @@ def validate_input(
     elif not (pa.types.is_string(id_col.type) or pa.types.is_large_string(id_col.type)):
         errors.add_all("id", WRONG_TYPE, f"expected string, got {id_col.type}")
     else:
-        empty = np.array([i is None or i == "" for i in ids], dtype=bool)
+        empty, dup = _empty_and_repeated(id_col)
         errors.add(empty, "id", MISSING_ID, "id is null or empty")
-        seen: set[str] = set()
-        dup = np.zeros(n, dtype=bool)
-        for r, i in enumerate(ids):
-            if i:
-                dup[r] = i in seen
-                seen.add(i)
         if duplicates:
             errors.add(dup, "id", DUPLICATE_ID, "id repeats an earlier record of the same batch")
 
@@ -223,8 +239,7 @@ def validate_input(
 def validate_output(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> ValidationResult:
     """Check rows of a prediction or dead-letter table against its schema (columns, types, required values)."""
     n = table.num_rows
-    ids, _ = _ids(table, n)
-    errors = _Errors(n, ids)
+    errors = _Errors(n, _ids(table))
     name, version = schema_name_version(table.schema)
     want_name, want_version = schema_name_version(schema)
     if version is not None and (name, version) != (want_name, want_version):

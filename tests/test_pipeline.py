@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import pickle
 import subprocess
 import sys
 
@@ -188,7 +189,7 @@ def test_decode_chunk_keeps_valid_rows_compact_in_slices_and_the_handler_pads_th
     spec = ModelSpec.read(trained["model"])
     table = pq.read_table(trained["files"][0])
     chunk = ParquetChunk("data/part.parquet", 1000, table)
-    batches, letters = decode_chunk(chunk, spec.decoder(batch_size=64))
+    batches, letters = decode_chunk(chunk, Decoder(spec.config.modalities, spec.config.num_classes, 64))
     assert letters == []
     assert [len(b) for b in batches] == [64] * (table.num_rows // 64) + ([table.num_rows % 64] if table.num_rows % 64 else [])
     assert np.concatenate([b.ids for b in batches]).tolist() == table.column("id").to_pylist()
@@ -208,6 +209,44 @@ def test_decode_chunk_keeps_valid_rows_compact_in_slices_and_the_handler_pads_th
     for m in spec.config.modality_names:
         np.testing.assert_array_equal(again.features[m], whole.features[m])
     assert (np.concatenate([p.lengths[m] for p, _ in padded for m in spec.config.modality_names]) == 0).any()
+
+
+def test_batch_elements_hold_about_element_bytes_and_pickle_only_their_own_rows(trained):
+    spec = ModelSpec.read(trained["model"])
+    table = pq.read_table(trained["files"][0])
+    canonical = canonical_table(table, spec.config.modalities)
+    per_record = canonical.nbytes / canonical.num_rows
+    decoder = Decoder(spec.config.modalities, spec.config.num_classes, 8, element_bytes=int(50.5 * per_record))
+    batches, _ = decode_chunk(ParquetChunk("part.parquet", 0, table), decoder)
+    assert [len(b) for b in batches[:-1]] == [50] * (len(batches) - 1) and sum(map(len, batches)) == table.num_rows
+    assert spec.decoder(8).element_rows(canonical) > 8  # the job's elements: more than a model batch of small records
+    assert Decoder(spec.config.modalities, 3, 512, element_bytes=1).element_rows(canonical) == 512  # never fewer
+    piece = batches[1]  # a zero-copy slice: pickled alone, it would carry the whole table's buffers
+    assert piece.table.get_total_buffer_size() > 2 * piece.table.nbytes
+    data = pickle.dumps(piece)
+    assert len(data) < 1.5 * piece.table.nbytes + 4096
+    back = pickle.loads(data)
+    assert back.table.equals(piece.table) and back.rows.tolist() == piece.rows.tolist() and back.source == piece.source
+
+
+def test_handler_cuts_large_elements_into_model_batches(trained):
+    handler = EMMRModelHandler(trained["model"], batch_size=16)
+    model = handler.load_model()
+    spec = ModelSpec.read(trained["model"])
+    table = pq.read_table(trained["files"][0]).slice(0, 70)
+    element = decode_chunk(ParquetChunk("part.parquet", 0, table), Decoder(spec.config.modalities, 3, 1000))[0][0]
+    sizes = []
+    real = model.score
+    model.score = lambda records: sizes.append(len(records)) or real(records)
+    (scored,) = handler.run_inference([element], model)
+    assert sizes == [16, 16, 16, 16, 6] and not scored.failures
+    direct = Scorer.load(trained["model"]).score(from_arrow(table, spec.config.modalities))
+    np.testing.assert_allclose(scored.scores.probabilities, direct.probabilities, rtol=1e-5, atol=1e-6)
+    assert scored.present.tolist() == direct_present(table, spec).tolist()
+
+
+def direct_present(table: pa.Table, spec: ModelSpec) -> np.ndarray:
+    return from_arrow(table, spec.config.modalities).present()
 
 
 def test_decode_chunk_sends_each_bad_record_to_a_dead_letter_with_its_reason(trained):

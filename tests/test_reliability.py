@@ -36,6 +36,7 @@ from apache_beam.testing import test_pipeline as beam_testing
 from apache_beam.testing.util import assert_that, equal_to
 
 from beam_pipeline import acks, metrics
+from beam_pipeline import pipeline as pipeline_module
 from beam_pipeline.handler import EMMRModelHandler, LoadedModel
 from beam_pipeline.options import ScoringOptions, check_options
 from beam_pipeline.pipeline import build_pipeline, prepare
@@ -233,7 +234,11 @@ class CrashingHandler(EMMRModelHandler):
         return super().score_elements(elements, model)
 
 
-def test_an_exception_out_of_run_inference_dead_letters_its_batch_and_nothing_is_lost(tiny_model, tmp_path):  # noqa: F811
+def test_an_exception_out_of_run_inference_dead_letters_its_batch_and_nothing_is_lost(tiny_model, tmp_path,  # noqa: F811
+                                                                                     monkeypatch):
+    # Elements of --batch_size records (the job packs small records many to an element: decode.ELEMENT_BYTES), so
+    # that the file makes several RunInference batches and only the one holding the crash is lost.
+    monkeypatch.setattr(pipeline_module, "ELEMENT_BYTES", 0)
     ids = [f"ok-{i}" for i in range(5)] + ["crash-1"] + [f"ok-{i}" for i in range(5, 10)]
 
     def predictions(scored):
