@@ -44,6 +44,8 @@ bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline rat
 	$(PY) benchmarks/io_ceiling.py --json runs/bench/io_ceiling.json
 	$(PY) benchmarks/memory.py --json runs/bench/memory.json
 	$(PY) benchmarks/streaming_decode.py --json runs/bench/streaming_decode.json
+	VENV=$(VENV) bash scripts/install-test-deps.sh  # the Pub/Sub emulator for the next one
+	$(PY) benchmarks/streaming_throughput.py --json runs/bench/streaming_throughput.json
 	@echo "== summary"; $(PY) benchmarks/summary.py --dir runs/bench
 
 clean: ## remove the demo outputs and caches

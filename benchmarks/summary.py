@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 
-# (file, result key, printed name): the figures of issues #8 and #13, in the order docs/performance.md gives them.
+# (file, result key, printed name): the figures of issues #8, #13 and #14, in the order docs/performance.md gives them.
 FIGURES = (
     ("model_throughput.json", "model_records_per_s_paper_cpu", "model_records_per_s_paper_cpu"),
     ("model_throughput.json", "model_records_per_s_small_cpu", "model_records_per_s_small_cpu"),
@@ -15,10 +15,14 @@ FIGURES = (
     ("pipeline_efficiency.json", "pipeline_over_model_paper", "pipeline_over_model_paper"),
     ("pipeline_efficiency.json", "pipeline_over_model_small", "pipeline_over_model_small"),
     ("io_ceiling.json", "io_over_pyarrow", "io_over_pyarrow"),
+    ("io_ceiling.json", "io_over_pyarrow_steady", "io_over_pyarrow_steady"),
     ("memory.json", "memory_10x_over_1x_paper", "memory_10x_over_1x_paper"),
     ("memory.json", "memory_10x_over_1x_small", "memory_10x_over_1x_small"),
     ("streaming_decode.json", "streaming_over_batch_paper", "streaming_over_batch_paper"),
     ("streaming_decode.json", "streaming_over_batch_small", "streaming_over_batch_small"),
+    ("streaming_throughput.json", "streaming_records_per_s", "streaming_records_per_s"),
+    ("streaming_throughput.json", "streaming_latency_p50_s", "streaming_latency_p50_s"),
+    ("streaming_throughput.json", "streaming_latency_p99_s", "streaming_latency_p99_s"),
 )
 
 
