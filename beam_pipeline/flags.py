@@ -50,6 +50,12 @@ def add_scoring_arguments(parser) -> None:
     g.add_argument("--dead_letter", help="required: dead letter v1 Parquet, a file prefix or a folder like --output; or "
                                         "(streaming) a topic projects/<p>/topics/<t>")
     g.add_argument("--model", help="required: checkpoint directory, local or gs://")
+    g.add_argument("--run_date", default=None, metavar="YYYY-MM-DD",
+                   help="batch: the day this run is for; replaces {date} in --input, --output, --dead_letter and "
+                        "--summary_json (e.g. gs://b/inbox/dt={date}/*.parquet) (default: today, UTC)")
+    g.add_argument("--run_id", default=None,
+                   help="the id this run's output files carry (default: made at launch; a local run's is its "
+                        "job id, local-...)")
     g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; cuda without a GPU is an error (default cpu)")
     g.add_argument("--autocast", default="none", choices=AUTOCAST, help="mixed precision on the device (default none)")
     g.add_argument("--torch_threads", type=int, default=None, help="torch CPU threads per worker process (default: torch's)")

@@ -190,6 +190,12 @@ def new_local_id(at: float | None = None) -> str:
     return f"{LOCAL_PREFIX}{stamp.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
 
 
+def new_run_id(job_name: str, at: float | None = None) -> str:
+    """`<job name>-YYYYMMDDTHHMMSSZ-<6 hex>`: the id a remote run's files carry, made when it is launched (Dataflow's
+    own job id is known only once the job exists)."""
+    return new_local_id(at).replace(LOCAL_PREFIX, f"{job_name}-", 1)
+
+
 def jobs_dir() -> str:
     return os.environ.get("EMMR_JOBS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "emmr", "jobs")
 

@@ -8,7 +8,9 @@ every problem at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
@@ -23,6 +25,21 @@ from beam_pipeline.flags import (  # noqa: F401 - re-exported: the patterns and 
 )
 
 DEFAULT_JOB_NAME = "emmr-score"
+DATE = "{date}"  # replaced by --run_date in batch paths
+RUN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y-%m-%d")
+        return True
+    except ValueError:
+        return False
+
+
+def expand_date(path: str | None, run_date: str) -> str | None:
+    """{date} in a path -> the run's day (YYYY-MM-DD), e.g. gs://b/predictions/dt={date}/part."""
+    return path.replace(DATE, run_date) if path else path
 BATCH, STREAMING = "batch", "streaming"
 
 
@@ -80,7 +97,8 @@ class JobConfig:
     allowed_lateness_s: float = 86400.0
     model_pattern: str | None = None
     model_poll_s: float = 60.0
-    job_id: str | None = None  # a local run's id (run() sets it); remote runners' workers read theirs (JOB_ID)
+    run_date: str = ""  # YYYY-MM-DD: {date} in the paths above is already replaced by it
+    job_id: str | None = None  # the run's id (--run_id, else made by run()): its output files carry it
 
     @property
     def streaming(self) -> bool:
@@ -97,6 +115,11 @@ class JobConfig:
         out = {"predictions": self.output, "prediction_topic": self.output_topic, "dead_letters": self.dead_letter}
         return {k: v for k, v in out.items() if v}
 
+    def file_prefix(self, prefix: str) -> str:
+        """A batch output prefix as this run writes it: `<prefix>-<run id>` (so that runs never replace each
+        other's files); streaming files carry the run id in their names (beam_pipeline/writes.py)."""
+        return f"{prefix}-{self.job_id}" if self.job_id and not self.streaming else prefix
+
 
 def check_options(options: PipelineOptions) -> JobConfig:
     """Validate the combination of flags; returns the resolved JobConfig or raises OptionsError.
@@ -106,6 +129,10 @@ def check_options(options: PipelineOptions) -> JobConfig:
     """
     problems: list[str] = unknown_flags(options)
     o = options.view_as(ScoringOptions)
+    run_date = o.run_date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    if not RUN_DATE.match(run_date) or not _valid_date(run_date):
+        problems.append(f"--run_date {o.run_date!r}: expected a day as YYYY-MM-DD")
+    dated = [f for f in ("input", "output", "dead_letter", "summary_json") if DATE in (getattr(o, f) or "")]
     std = options.view_as(StandardOptions)
     sources = [name for name in ("input", "input_subscription", "input_topic") if getattr(o, name)]
     if len(sources) != 1:
@@ -163,6 +190,9 @@ def check_options(options: PipelineOptions) -> JobConfig:
         problems.append(f"--metrics_port must be a port number, or 0 / -1 for off, got {port}")
     if o.summary_json and streaming:
         problems.append("--summary_json is for batch jobs (a streaming job never ends)")
+    if dated and streaming:
+        problems.append(f"{DATE} in {', '.join('--' + f for f in dated)} is for batch runs (a streaming job's files "
+                        "are named by their windows)")
     if o.max_dead_letter_fraction is not None:
         if streaming:
             problems.append("--max_dead_letter_fraction is for batch jobs (a streaming job never ends): the alert "
@@ -188,12 +218,12 @@ def check_options(options: PipelineOptions) -> JobConfig:
         raise OptionsError(problems)
     return JobConfig(
         mode=STREAMING if streaming else BATCH,
-        input=o.input,
+        input=expand_date(o.input, run_date),
         input_subscription=o.input_subscription,
         input_topic=o.input_topic,
-        output=o.output,
+        output=expand_date(o.output, run_date),
         output_topic=o.output_topic,
-        dead_letter=o.dead_letter,
+        dead_letter=expand_date(o.dead_letter, run_date),
         dead_letter_is_topic=dead_letter_is_topic,
         model=o.model,
         device=o.device,
@@ -208,12 +238,14 @@ def check_options(options: PipelineOptions) -> JobConfig:
         metrics_addr=o.metrics_addr,
         pushgateway=o.pushgateway,
         job_name=options.view_as(GoogleCloudOptions).job_name or DEFAULT_JOB_NAME,
-        summary_json=o.summary_json,
+        summary_json=expand_date(o.summary_json, run_date),
         in_process=in_process,
         file_shards=o.file_shards,
         allowed_lateness_s=o.allowed_lateness_s,
         model_pattern=o.model_pattern,
         model_poll_s=o.model_poll_s,
+        run_date=run_date,
+        job_id=o.run_id,
     )
 
 

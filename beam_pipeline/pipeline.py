@@ -50,7 +50,7 @@ from beam_pipeline.model_updates import ModelUpdates
 from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
 from beam_pipeline.worker import ServeMetricsAtWorkerStart  # noqa: F401 - defined here, so Dataflow's workers import it
-from beam_pipeline.writes import PublishTables, WriteTables
+from beam_pipeline.writes import MarkSuccess, PublishTables, WriteTables
 from emmr import checkpoint
 from emmr.config import ModelConfig
 from schemas.arrow import dead_letter_schema, prediction_schema
@@ -388,13 +388,19 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
     predictions = formatted.tables
 
     files = {"streaming": config.streaming, "shards": config.file_shards, "job_id": job_id}
+    written = []
     if config.output:
-        predictions | "WritePredictions" >> WriteTables(config.output, prediction_schema(), ack=ack_predictions,
-                                                        **files)
+        written.append(predictions | "WritePredictions" >> WriteTables(
+            config.file_prefix(config.output), prediction_schema(), ack=ack_predictions, **files))
     if config.output_topic:
         predictions | "PublishPredictions" >> PublishTables(config.output_topic, outputs.to_messages, ack_predictions)
     if config.dead_letter_is_topic:
         dead | "PublishDeadLetters" >> PublishTables(config.dead_letter, dead_letters.to_messages, ack_dead)
     else:
-        dead | "WriteDeadLetters" >> WriteTables(config.dead_letter, dead_letter_schema(), ack=ack_dead, **files)
+        written.append(dead | "WriteDeadLetters" >> WriteTables(
+            config.file_prefix(config.dead_letter), dead_letter_schema(), ack=ack_dead, **files))
+    if not config.streaming and written:  # _SUCCESS, once every file of the run is in place
+        folders = [config.output, None if config.dead_letter_is_topic else config.dead_letter]
+        written | "Written" >> beam.Flatten() | "MarkSuccess" >> MarkSuccess(job_id, config.run_date,
+                                                                             [f for f in folders if f])
     return Outputs(predictions=predictions, dead_letters=dead)

@@ -82,11 +82,24 @@ PARQUET_OUTPUTS = ("predictions", "dead_letters")
 
 
 def outputs_of(options: dict) -> dict[str, str]:
-    """Where each output of the job went, from its pipeline options (dead letters to a topic are named as one)."""
+    """Where each output of the job went, from its pipeline options (dead letters to a topic are named as one):
+    batch Parquet outputs as the run's file prefix (its day in place of {date}, then `-<run id>`: the files the
+    run wrote, not an earlier run's)."""
+    from beam_pipeline.options import expand_date
+
     dead = options.get("dead_letter")
     dead_is_topic = bool(dead) and str(dead).startswith("projects/")
-    out = {"predictions": options.get("output"), "prediction_topic": options.get("output_topic"),
-           "dead_letters": None if dead_is_topic else dead, "dead_letter_topic": dead if dead_is_topic else None}
+    run_date, run_id = str(options.get("run_date") or ""), options.get("run_id")
+    batch = not options.get("streaming")
+
+    def files(prefix):
+        if not prefix:
+            return None
+        prefix = paths.output_prefix(expand_date(str(prefix), run_date) if run_date else str(prefix))
+        return f"{prefix}-{run_id}" if run_id and batch else prefix
+
+    out = {"predictions": files(options.get("output")), "prediction_topic": options.get("output_topic"),
+           "dead_letters": None if dead_is_topic else files(dead), "dead_letter_topic": dead if dead_is_topic else None}
     return {k: str(v) for k, v in out.items() if v}
 
 

@@ -89,12 +89,16 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
 
         options.view_as(SetupOptions).save_main_session = True
     config, model = prepare(options)
-    if config.in_process:  # a local run's id: its outputs and its record in the local job store carry it
+    if not config.job_id:  # the run's id: its output files carry it (and a local run's record in the job store)
         from dataclasses import replace
 
-        from beam_pipeline.jobs import new_local_id
+        from beam_pipeline.jobs import new_local_id, new_run_id
 
-        config = replace(config, job_id=new_local_id())
+        config = replace(config, job_id=new_local_id() if config.in_process else new_run_id(config.job_name))
+    from beam_pipeline.options import ScoringOptions
+
+    scoring = options.view_as(ScoringOptions)
+    scoring.run_id, scoring.run_date = config.job_id, config.run_date  # recorded with the job's options
     log.info("%s job %s: model %s (version %s) on %s; outputs %s", config.mode, config.job_name,
              metrics.redact(config.model), model.version, config.device,
              {k: metrics.redact(v) for k, v in config.outputs().items()})

@@ -174,6 +174,44 @@ class WriteTables(beam.PTransform):
         return files
 
 
+SUCCESS = "_SUCCESS"
+
+
+class _WriteMarker(beam.DoFn):
+    def __init__(self, run_id: str | None, run_date: str, prefixes: list[str]):
+        self._run_id, self._run_date, self._prefixes = run_id, run_date, prefixes
+
+    def process(self, files: list[str]):
+        from datetime import datetime, timezone
+
+        from apache_beam.io.filesystems import FileSystems
+
+        folders = list(dict.fromkeys(FileSystems.split(p)[0] for p in self._prefixes))
+        body = {"run_id": self._run_id, "run_date": self._run_date, "files": sorted(files),
+                "written_at": datetime.now(timezone.utc).isoformat()}
+        for folder in folders:
+            path = FileSystems.join(folder, SUCCESS)
+            with FileSystems.create(path) as f:
+                f.write(json.dumps(body, indent=1).encode())
+            yield path
+
+
+class MarkSuccess(beam.PTransform):
+    """Batch: once Beam has finalised every output file of the run, `_SUCCESS` in each output folder (written
+    last; a failed run writes none): JSON with the run id, the run date and every file the run wrote. A rerun of
+    the same day writes its own files beside the earlier run's (the names carry the run id) and replaces
+    `_SUCCESS`: readers take the files it lists."""
+
+    def __init__(self, run_id: str | None, run_date: str, prefixes: list[str]):
+        super().__init__()
+        self._run_id, self._run_date, self._prefixes = run_id, run_date, prefixes
+
+    def expand(self, files):
+        return (files
+                | "AllFiles" >> beam.combiners.ToList()
+                | "WriteMarker" >> beam.ParDo(_WriteMarker(self._run_id, self._run_date, self._prefixes)))
+
+
 class PublishTables(beam.PTransform):
     """Arrow tables -> one Pub/Sub message per row, via `to_messages` (JSON with attributes).
 

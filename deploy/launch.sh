@@ -3,6 +3,7 @@
 #
 #   deploy/launch.sh batch        [--dry-run]   # one batch run (deploy/flex-template/launch-batch.json)
 #   deploy/launch.sh streaming    [--dry-run]   # the streaming job (deploy/flex-template/launch-streaming.json)
+#   deploy/launch.sh backfill FROM TO [--dry-run]  # one batch run per day, FROM..TO (YYYY-MM-DD, both included)
 #   deploy/launch.sh update       [--dry-run]   # replace the running streaming job in place (Dataflow --update)
 #   deploy/launch.sh drain        [JOB_NAME]    # drain the active streaming job (default emmr-streaming)
 #
@@ -18,7 +19,10 @@
 #
 # Always:    PROJECT, REGION, TEMPLATE (gs://.../templates/emmr-score.json from build.sh), IMAGE (from build.sh),
 #            TEMP_LOCATION (gs://bucket/tmp), MODEL (gs://.../checkpoint dir), DEAD_LETTER
-# Batch:     INPUT (gs:// Parquet glob), OUTPUT (gs:// prefix); optional JOB_NAME (default emmr-score-daily: the
+# Batch:     INPUT (gs:// Parquet glob), OUTPUT (gs:// prefix): {date} in INPUT, OUTPUT and DEAD_LETTER is the
+#            run's day (e.g. INPUT='gs://b/inbox/dt={date}/*.parquet'), RUN_DATE (default: today, UTC; backfill
+#            sets it per day); each run's files carry its run id and a _SUCCESS (written last) lists them;
+#            optional JOB_NAME (default emmr-score-daily: the
 #            Pushgateway group and the alerts' job label). The launcher submits the job and returns; the response
 #            names the job id: once the job has finished, `emmr-score report --job <id> --project P --region R
 #            --pushgateway HOST:9091` summarises it from its committed metrics and pushes the summary (the schedule,
@@ -85,6 +89,14 @@ case "$command" in
   batch) launch "$here/flex-template/launch-batch.json" ;;
   streaming) launch "$here/flex-template/launch-streaming.json" ;;
   update) launch "$here/flex-template/launch-streaming.json" update ;;
+  backfill)
+    [[ ${#args[@]} -eq 2 ]] || { echo "launch.sh: backfill FROM TO (YYYY-MM-DD)" >&2; exit 2; }
+    days="$(python3 -c 'import sys, datetime as d; a, b = (d.date.fromisoformat(x) for x in sys.argv[1:]); assert a <= b, "FROM after TO"; print(" ".join(str(a + d.timedelta(n)) for n in range((b - a).days + 1)))' "${args[0]}" "${args[1]}")" \
+      || { echo "launch.sh: backfill FROM TO: two days as YYYY-MM-DD, FROM first" >&2; exit 2; }
+    for day in $days; do  # one job per day, named by it; each summarised by `emmr-score report --job <id>` after
+      RUN_DATE="$day" JOB_NAME="${JOB_NAME:-emmr-score-backfill}-${day//-/}" launch "$here/flex-template/launch-batch.json"
+    done
+    ;;
   drain)
     need PROJECT REGION
     name="${args[0]:-${JOB_NAME:-emmr-streaming}}"
@@ -96,5 +108,5 @@ case "$command" in
     [[ -n "$id" ]] || { echo "launch.sh: no active job named $name in $REGION" >&2; exit 1; }
     gcloud dataflow jobs drain "$id" --project "$PROJECT" --region "$REGION"
     ;;
-  *) echo "launch.sh: unknown command $command (batch, streaming, update, drain)" >&2; exit 2 ;;
+  *) echo "launch.sh: unknown command $command (batch, backfill, streaming, update, drain)" >&2; exit 2 ;;
 esac

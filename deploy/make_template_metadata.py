@@ -67,6 +67,8 @@ PARAMETERS: dict[str, Param] = {
     "output_topic": Param("Prediction Pub/Sub topic (streaming)", (TOPIC,), "PUBSUB_TOPIC"),
     "dead_letter": Param("Dead-letter Parquet prefix or Pub/Sub topic", (f"{GCS_PATH}|{TOPIC}",)),
     "model": Param("Model checkpoint directory", (GCS_PATH,), "GCS_READ_FOLDER"),
+    "run_date": Param("Day of a batch run, YYYY-MM-DD ({date} in the paths; default today)", (r"^\d{4}-\d{2}-\d{2}$",)),
+    "run_id": Param("Id the run's files carry (default: made at launch)", (r"^[A-Za-z0-9][-A-Za-z0-9_.]*$",)),
     "device": Param("Inference device", (_anchored(job_options.DEVICE.pattern),)),
     "torch_threads": Param("Torch CPU threads per worker process", (POSITIVE_INT,)),
     "batch_size": Param("Maximum records per inference batch", (POSITIVE_INT,)),

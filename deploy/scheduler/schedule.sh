@@ -19,9 +19,9 @@
 #   REPORT_JOB                 the Cloud Run job running the report, default emmr-score-report
 #   NETWORK, SUBNETWORK        the report job's VPC (direct VPC egress), to reach PUSHGATEWAY
 #   POLL_S                     seconds between the workflow's polls of the Dataflow job, default 60
-# The launch request is static: the run reads INPUT (a glob) and writes OUTPUT and DEAD_LETTER (prefixes) as
-# given, every time. Point INPUT at where the day's files land and archive them after a successful run
-# (deploy/RUNBOOK.md, "The scheduled batch run").
+# Each run is for the day it starts (UTC): {date} in INPUT, OUTPUT and DEAD_LETTER becomes that day, e.g.
+# INPUT='gs://b/inbox/dt={date}/*.parquet' OUTPUT='gs://b/predictions/dt={date}/part' (deploy/RUNBOOK.md, "The
+# scheduled batch run"); `deploy/launch.sh backfill FROM TO` reruns a range of days.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dry_run=0
