@@ -139,7 +139,7 @@ def test_a_run_whose_records_mostly_fail_exits_1_saying_why(trained, wrong_prese
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith(reason), errors
     assert "model           None" not in out  # the model's version, though it never scored a record
-    assert len(os.listdir(tmp_path / "dead_letters")) == 1  # the outputs are written all the same
+    assert len(list((tmp_path / "dead_letters").glob("*.parquet"))) == 1  # the outputs are written all the same
     # `emmr-score report` on the recorded run: the same figure, the same verdict
     job_id = re.search(r"^job\s+\S+ \((local-[^)]+)\)", out, re.M).group(1)
     assert main(["report", "--job", job_id]) == 1
@@ -192,8 +192,9 @@ def test_the_summary_lists_the_files_written(trained, tmp_path, capsys, monkeypa
                    "--dead_letter", f"{tmp_path}/dead_letters", "--summary_json", f"{tmp_path}/summary.json"])
     assert status == 0
     out = capsys.readouterr().out
-    predictions = f"{tmp_path}/pred/part-00000-of-00001.parquet"  # a folder: its part-*.parquet
-    dead = f"{tmp_path}/dead_letters-00000-of-00001.parquet"  # a prefix
+    run_id = json.loads((tmp_path / "summary.json").read_text())["job_id"]  # the run's files carry its id
+    predictions = f"{tmp_path}/pred/part-{run_id}-00000-of-00001.parquet"  # a folder: its part-*.parquet
+    dead = f"{tmp_path}/dead_letters-{run_id}-00000-of-00001.parquet"  # a prefix
     assert f"predictions:    1 file: {predictions}\n" in out and os.path.exists(predictions)
     assert f"dead_letters:   1 file: {dead}\n" in out and os.path.exists(dead)
     assert re.search(r"^WARNING: +\d+ of 3\d\d records \([\d.]+%\) are dead letters, above 1%", out, re.M), out
