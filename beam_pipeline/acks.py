@@ -219,7 +219,7 @@ def max_in_flight(config) -> int:
     grace periods after its first message, beam_pipeline/writes.py), room for 100 messages a second over that
     time, so that the windows do not throttle the job."""
     files = bool(config.output) or not config.dead_letter_is_topic
-    held_s = 3 * config.window_s + 4 * max(2.0, 2 * config.batch_duration_s)
+    held_s = 3 * config.window_s + 4 * max(5.0, 4 * config.batch_duration_s)
     return max(1000, 4 * config.batch_size) + (int(100 * held_s) if files else 0)
 
 

@@ -45,7 +45,7 @@ from beam_pipeline.decode import ELEMENT_BYTES, Decoder, as_message, decode_chun
 from beam_pipeline.elements import Message, ParquetChunk, ScoringBatch
 from beam_pipeline.faults import BatchFailed
 from beam_pipeline.handler import EMMRModelHandler, ScoredBatch
-from beam_pipeline.jobs import new_local_id
+from beam_pipeline.jobs import new_local_id, new_run_id
 from beam_pipeline.model_updates import ModelUpdates
 from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
@@ -309,7 +309,7 @@ def window_trigger(config: JobConfig) -> trigger.TriggerFn:
     have passed since its first element reached the write, so that records a little behind the watermark still make
     the window's first (and usually only) firing; later records fire again, each late firing a pane of its own
     (files named by pane). Records later than --allowed_lateness_s are dropped by Beam."""
-    grace = max(2.0, 2 * config.batch_duration_s)
+    grace = max(5.0, 4 * config.batch_duration_s)  # room for a batch, and for a loaded worker
     delay = math.ceil(config.window_s + grace)  # whole seconds: Beam cannot translate a fractional delay
     return trigger.Repeatedly(trigger.AfterAll(trigger.AfterWatermark(), trigger.AfterProcessingTime(delay)))
 
@@ -337,9 +337,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
 
     `handler` replaces the model handler made from the options (tests inject faults through it)."""
     decoder = model.decoder(config.batch_size)
-    # Streaming file names carry the job id: a local run's (made here when the caller gave none), or on remote
-    # runners the one the workers find in their environment (Dataflow's JOB_ID).
-    job_id = config.job_id or (new_local_id() if config.in_process else None)
+    # Output files carry the run's id: run() makes it at launch; a caller that gave none gets one here.
+    job_id = config.job_id or (new_local_id() if config.in_process else new_run_id(config.job_name))
     served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr,
               "known": metrics.known_series(model.config.modality_names, model.config.label_names)}
     modalities = model.config.modalities

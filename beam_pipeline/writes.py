@@ -10,10 +10,10 @@ final names in one step by Beam. So each window gets at most `shards` files per 
 
     <prefix>-<window start>-<window end>-<job id>-<pane>-<i>-of-<n>.parquet
 
-(times as YYYYMMDDTHHMMSSZ; the job id is Dataflow's (the workers' JOB_ID) or the local run's; the pane index is
-0 for the window's first firing and counts late firings). A retried bundle rewrites the same names with the same
-rows instead of adding files; a restarted job writes under its own job id, so it can never replace a file of an
-earlier run. The sink writes one row group per ROW_GROUP_ROWS rows as tables arrive, so a file is never held in
+(times as YYYYMMDDTHHMMSSZ; the job id is the run's id, made at launch (beam_pipeline/run.py); the pane index is 0
+for the window's first firing and counts late firings; i of n number the files of one finalising step, which
+may hold a late firing's files too). A retried bundle rewrites the same names with the same rows instead of
+adding files; a restarted job writes under its own id, so it can never replace a file of an earlier run. The sink writes one row group per ROW_GROUP_ROWS rows as tables arrive, so a file is never held in
 memory whole.
 
 Pub/Sub: one message per row, via `to_messages` (JSON with attributes); Beam's WriteToPubSub (Dataflow's own
@@ -28,7 +28,6 @@ Pub/Sub: a DoFn publishes and waits for the server's confirmation at the end of 
 from __future__ import annotations
 
 import json
-import os
 
 import apache_beam as beam
 import pyarrow as pa
@@ -54,11 +53,9 @@ class WindowFileNaming:
         self.name, self.job_id = name, job_id
 
     def job(self) -> str:
-        job = os.environ.get("JOB_ID") or self.job_id  # Dataflow's workers know their job id
-        if not job:
-            raise RuntimeError("streaming Parquet files need the job id: none given, and no JOB_ID in the worker's "
-                               "environment")
-        return job
+        if not self.job_id:
+            raise RuntimeError("streaming Parquet files need the run id (beam_pipeline/run.py sets it)")
+        return self.job_id
 
     def __call__(self, window, pane, shard_index, total_shards, compression, destination) -> str:
         start, end = getattr(window, "start", None), getattr(window, "end", None)
