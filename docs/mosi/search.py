@@ -1,6 +1,7 @@
 """The written-down search for MOSI settings that generalise from the training videos to dev.
 
-Every setting below is a change to the `mosi` preset's model and training configurations. For each setting
+Every setting below is a change to the `mosi` preset's model sizes and TrainConfig's defaults (the preset's
+own training settings, which the search chose, are undone first, so `base` stays the untuned starting point). For each setting
 run, EMMR and TF alone are trained by `emmr.compare` (one frozen full-modality network per seed, shared) on
 every training video, selected (early stopping) on dev, and scored on dev at missing rates 0 to 0.5 with the
 protocol's masks: the *dev figure*. With --cross-fit, also the *cross-fitted figure* (emmr/crossfit.py: dev
@@ -25,13 +26,15 @@ import torch
 
 from emmr.batch import load_records
 from emmr.compare import compare
+from emmr.config import PRESET_TRAINING
 from emmr.convert import record_videos
 from emmr.crossfit import cross_fitted
 from emmr.dataspec import data_spec
 from emmr.missing import DEFAULT_RATES
 from emmr.settings import resolve
+from emmr.train import TrainConfig
 
-# name -> ({ModelConfig changes}, {TrainConfig changes}); applied on top of the `mosi` preset as it stands.
+# name -> ({ModelConfig changes}, {TrainConfig changes}), on top of the `mosi` model and TrainConfig's defaults.
 STD = {"standardize": True}
 SETTINGS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
@@ -53,6 +56,10 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "std-miss0.5": ({}, {**STD, "missing_rate": 0.5}),
     "std-lr3e-4": ({}, {**STD, "lr": 3e-4}),
     "std-visual2x": ({}, {**STD, "missing_probs": (0.5, 0.25, 0.25)}),
+    # combinations of the single knobs that came out at or above `std`'s neighbours
+    "std-drop0.5-noise0.3": ({"dropout": 0.5}, {**STD, "feature_noise": 0.3}),
+    "std-drop0.5-wd1e-3": ({"dropout": 0.5}, {**STD, "weight_decay": 1e-3}),
+    "std-noise0.3-wd1e-4": ({}, {**STD, "feature_noise": 0.3, "weight_decay": 1e-4}),
 }
 
 
@@ -78,6 +85,7 @@ def run_setting(name: str, data: str, seeds: int, cross_fit: bool, methods: list
     model_changes, train_changes = SETTINGS[name]
     spec = data_spec(data)
     model_cfg, train_cfg = resolve("mosi", None, "emmr", {"epochs": epochs}, spec)
+    train_cfg = replace(train_cfg, **{k: getattr(TrainConfig(), k) for k in PRESET_TRAINING.get("mosi", {})})
     model_cfg, train_cfg = model_cfg.with_(**model_changes), replace(train_cfg, **train_changes)
     load = lambda split: load_records(f"{data}/{split}", model_cfg.modalities, model_cfg.num_classes)  # noqa: E731
     train, _ = load("train")
