@@ -39,7 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.util import GroupIntoBatches
 
-from beam_pipeline import acks, dead_letters, metrics, outputs, paths
+from beam_pipeline import acks, coders, dead_letters, metrics, outputs, paths
 from beam_pipeline.acks import AckAfter
 from beam_pipeline.decode import ELEMENT_BYTES, Decoder, as_message, decode_chunk_safely, decode_messages_safely
 from beam_pipeline.elements import Message, ParquetChunk, ScoringBatch
@@ -337,6 +337,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
 
     `handler` replaces the model handler made from the options (tests inject faults through it)."""
     decoder = model.decoder(config.batch_size)
+    coders.register()  # the job's elements: pickled, their sizes estimated without encoding them (coders.py)
     # Output files carry the run's id: run() makes it at launch; a caller that gave none gets one here.
     job_id = config.job_id or (new_local_id() if config.in_process else new_run_id(config.job_name))
     served = {"metrics_port": config.metrics_port, "metrics_addr": config.metrics_addr,
@@ -356,12 +357,13 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
                    | "KeyForBatching" >> beam.Map(key_for_batching).with_output_types(
                        beam.typehints.Tuple[int, beam.typehints.Any])
                    | "BatchMessages" >> GroupIntoBatches.WithShardedKey(config.batch_size, config.batch_duration_s)
-                   | "Decode" >> beam.ParDo(DecodeMessageBatches(decoder, **served)).with_outputs(DEAD, main="records"))
+                   | "Decode" >> beam.ParDo(DecodeMessageBatches(decoder, **served)).with_output_types(
+                       ScoringBatch, **{DEAD: pa.Table}).with_outputs(DEAD, main="records"))
     else:
-        decoded = (p
-                   | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns(),
-                                               max_row_bytes=model.max_row_bytes())
-                   | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_outputs(DEAD, main="records"))
+        chunks = coders.typed(p | "Read" >> ReadParquetChunks(config.input, columns=model.input_columns(),
+                                                              max_row_bytes=model.max_row_bytes()), ParquetChunk)
+        decoded = chunks | "Decode" >> beam.ParDo(DecodeChunks(decoder, **served)).with_output_types(
+            ScoringBatch, **{DEAD: pa.Table}).with_outputs(DEAD, main="records")
     records = decoded.records
     if not config.streaming and not runs_in_process(p.options):
         # A row group is read and decoded by one worker; redistribute its record batches so that a file of few,
@@ -378,12 +380,15 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
                                                      config.metrics_port, config.metrics_addr)
     scored, failed = records | "Score" >> RunInference(handler, model_metadata_pcoll=updates).with_exception_handling(
         exc_class=BatchFailed)
+    coders.typed(scored, ScoredBatch)
     formatted = scored | "Format" >> beam.ParDo(
-        FormatPredictions(modalities, sources=ack_predictions is not None, **served)).with_outputs(DEAD, main="tables")
-    failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(InferenceFailures(modalities))
+        FormatPredictions(modalities, sources=ack_predictions is not None, **served)).with_output_types(
+        pa.Table, **{DEAD: pa.Table}).with_outputs(DEAD, main="tables")
+    failed_batches = failed.failed_inferences | "InferenceFailures" >> beam.ParDo(
+        InferenceFailures(modalities)).with_output_types(pa.Table)
     dead = ((decoded[DEAD], formatted[DEAD], failed_batches)
             | "DeadLetters" >> beam.Flatten()
-            | "CountDeadLetters" >> beam.ParDo(CountDeadLetters(**served)))
+            | "CountDeadLetters" >> beam.ParDo(CountDeadLetters(**served)).with_output_types(pa.Table))
     predictions = formatted.tables
 
     files = {"streaming": config.streaming, "shards": config.file_shards, "job_id": job_id}

@@ -10,9 +10,12 @@ each round (benchmarks/common.py `interleave`):
             the same rows and schema as the job writes (that table is made once, before timing)
   startup   the no-op job on a tiny input (--tiny records): its fixed start-up cost
 Printed: records/s of both, start-up seconds, io_over_pyarrow_steady (start-up subtracted) and, last, the
-headline io_over_pyarrow = pyarrow seconds / job seconds (median of per-round ratios; goal at least 0.5).
+headline io_over_pyarrow = pyarrow seconds / job seconds (median of per-round ratios; goal at least 0.7).
 
-  .venv/bin/python benchmarks/io_ceiling.py [--quick] [--json runs/bench/io_ceiling.json]
+With --profile, one more no-op run under cProfile: its time by where the code lives (the job's own modules, Beam,
+pyarrow, the rest) and the functions with the most time of their own.
+
+  .venv/bin/python benchmarks/io_ceiling.py [--quick] [--profile] [--json runs/bench/io_ceiling.json]
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from schemas.arrow import prediction_schema  # noqa: E402
 
 
 class PyarrowIO:
-    """Read the job's input columns with pyarrow, write a prediction table of the same size."""
+    """Read the job's input columns with pyarrow (row group by row group), write a prediction table of the same size."""
 
     def __init__(self, data: str, predictions: pa.Table, out: str):
         self.files = sorted(glob.glob(os.path.join(data, "*.parquet")))
@@ -47,19 +50,51 @@ class PyarrowIO:
     def __call__(self) -> int:
         shutil.rmtree(self.out, ignore_errors=True)
         os.makedirs(self.out)
-        rows = sum(pq.read_table(f, columns=self.columns).num_rows for f in self.files)
+        rows = 0
+        for f in self.files:  # row group by row group, in bounded memory as the job reads
+            pf = pq.ParquetFile(f)
+            rows += sum(pf.read_row_group(i, columns=self.columns).num_rows for i in range(pf.num_row_groups))
         pq.write_table(self.predictions, os.path.join(self.out, "predictions.parquet"))
         return rows
+
+
+def profile_run(argv: list[str], out: str, records: int, top: int = 15) -> dict:
+    """One no-op run under cProfile: seconds of own time by package, and the `top` functions by own time."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    seconds = run_job(argv, out, records)
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # (file, line, name) -> (calls, primitive calls, own time, cumulative, callers)
+    groups = {"beam_pipeline (the job)": "/beam_pipeline/", "schemas (validation)": "/schemas/",
+              "apache_beam": "/apache_beam/", "pyarrow": "/pyarrow/", "numpy": "/numpy/"}
+    by_group: dict[str, float] = {g: 0.0 for g in [*groups, "other (Python, builtins, threads)"]}
+    for (file, _, _), (_, _, own, _, _) in stats.items():
+        group = next((g for g, part in groups.items() if part in file), "other (Python, builtins, threads)")
+        by_group[group] += own
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    note(f"cProfile of one no-op run ({records} records, {seconds:.2f} s under the profiler); own time by package: "
+         + ", ".join(f"{g} {t:.2f} s" for g, t in by_group.items()))
+    for (file, line, name), (calls, _, own, cum, _) in rows:
+        where = file.split("site-packages/")[-1].replace(os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/", "")
+        note(f"  {own:6.3f} s own {cum:6.3f} s cumulative {calls:7d} calls  {where}:{line}({name})")
+    return {"seconds": seconds, "own_seconds_by_package": by_group,
+            "top": [{"function": f"{file}:{line}({name})", "calls": calls, "own_s": own, "cumulative_s": cum}
+                    for (file, line, name), (calls, _, own, cum, _) in rows]}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer records and rounds (under a minute)")
-    p.add_argument("--records", type=int, default=100000, help="small-preset records (default 100000)")
+    p.add_argument("--records", type=int, default=500000,
+                   help="small-preset records (default 500000: 560 MB, so that the start-up is not most of a run)")
     p.add_argument("--batch-size", type=int, default=256, help="--batch_size of the job (default 256)")
     p.add_argument("--tiny", type=int, default=4, help="records of the start-up run (default 4)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="data, checkpoints, outputs (default runs/bench/pipeline)")
+    p.add_argument("--profile", action="store_true", help="also profile one no-op run (cProfile) and print where it goes")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
     if a.quick:
@@ -83,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                "startup": lambda: run_job(tiny_argv, out + "-tiny", a.tiny)}
         load = os.getloadavg()[0]
         times = interleave(fns, rounds=a.rounds, warmup=1)
+        profiled = profile_run(big_argv, out, a.records) if a.profile else None
     steady = [j - s for j, s in zip(times["io_job"], times["startup"])]
     r_all, q_all = ratio(times["pyarrow"], times["io_job"]), quartiles(ratios(times["pyarrow"], times["io_job"]))
     if min(s / j for s, j in zip(steady, times["io_job"])) < 0.1:  # start-up is nearly all of the run: no steady figure
@@ -106,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         write_json(a.json, {"environment": environment(), "args": vars(a), "seconds": times, "results":
                             {**results, "io_over_pyarrow": r_all}, "quartiles": {"with_startup": q_all, "steady": q_steady},
-                            "bytes": {"input": in_bytes, "predictions": out_bytes}})
+                            "bytes": {"input": in_bytes, "predictions": out_bytes}, "profile": profiled})
     emit("io_over_pyarrow", r_all, results)
     return 0
 

@@ -245,6 +245,29 @@ def test_handler_cuts_large_elements_into_model_batches(trained):
     assert scored.present.tolist() == direct_present(table, spec).tolist()
 
 
+def test_the_job_s_elements_are_sized_from_arrow_not_by_pickling_them(trained):
+    """Beam samples element sizes by encoding them with the PCollection's coder: the job's elements declare a coder
+    whose estimate reads Arrow's byte counts (beam_pipeline/coders.py), and which encodes as Beam's PickleCoder."""
+    from apache_beam import coders as beam_coders
+
+    from beam_pipeline.coders import ElementCoder, register
+
+    register()
+    for t in (ParquetChunk, ScoringBatch, ScoredBatch, pa.Table):
+        assert isinstance(beam_coders.registry.get_coder(t), ElementCoder)
+    spec = ModelSpec.read(trained["model"])
+    table = pq.read_table(trained["files"][0])
+    batch = decode_chunk(ParquetChunk("part.parquet", 0, table), Decoder(spec.config.modalities, 3, 32))[0][1]
+    coder = ElementCoder()
+    encoded = coder.encode(batch)
+    assert encoded == beam_coders.PickleCoder().encode(batch)
+    back = coder.decode(encoded)
+    assert back.table.equals(batch.table) and back.rows.tolist() == batch.rows.tolist()
+    assert 0.5 < coder.estimate_size(batch) / len(encoded) < 2  # about right, without encoding
+    for t in (table, ParquetChunk("part.parquet", 0, table)):
+        assert 0.5 < coder.estimate_size(t) / len(coder.encode(t)) < 2
+
+
 def direct_present(table: pa.Table, spec: ModelSpec) -> np.ndarray:
     return from_arrow(table, spec.config.modalities).present()
 
