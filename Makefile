@@ -46,6 +46,7 @@ bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline rat
 	$(PY) benchmarks/streaming_decode.py --json runs/bench/streaming_decode.json
 	VENV=$(VENV) bash scripts/install-test-deps.sh  # the Pub/Sub emulator for the next one
 	$(PY) benchmarks/streaming_throughput.py --json runs/bench/streaming_throughput.json
+	$(PY) benchmarks/scaling.py --json runs/bench/scaling.json
 	@echo "== summary"; $(PY) benchmarks/summary.py --dir runs/bench
 
 clean: ## remove the demo outputs and caches

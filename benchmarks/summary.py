@@ -23,6 +23,10 @@ FIGURES = (
     ("streaming_throughput.json", "streaming_records_per_s", "streaming_records_per_s"),
     ("streaming_throughput.json", "streaming_latency_p50_s", "streaming_latency_p50_s"),
     ("streaming_throughput.json", "streaming_latency_p99_s", "streaming_latency_p99_s"),
+    ("scaling.json", "worker_records_per_s_l4", "worker_records_per_s_l4_estimated"),
+    ("scaling.json", "workers_for_10M_per_hour_l4", "workers_for_10M_per_hour_l4_estimated"),
+    ("scaling.json", "worker_records_per_s_a100", "worker_records_per_s_a100_estimated"),
+    ("scaling.json", "workers_for_10M_per_hour_a100", "workers_for_10M_per_hour_a100_estimated"),
 )
 
 
