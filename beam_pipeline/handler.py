@@ -46,8 +46,8 @@ from emmr.scorer import Scorer, Scores
 log = logging.getLogger(__name__)
 _served: dict = {}  # the labels of emmr_model_info this process exports (the model of its latest batch)
 _served_lock = threading.Lock()
-SCORE_FIELDS = ("probabilities", "label_index", "key_missing", "key_modality", "label_full", "label_pair",
-                "ensemble_used")
+SCORE_FIELDS = ("probabilities", "label_index", "key_missing", "key_missing_score", "key_modality", "label_full",
+                "label_pair", "ensemble_used")
 
 
 @dataclass
@@ -103,7 +103,8 @@ class _Outcome:
 
 def _empty_scores(n: int, classes: int) -> Scores:
     return Scores(probabilities=np.zeros((n, classes), np.float32), label_index=np.zeros(n, np.int64),
-                  key_missing=np.zeros(n, bool), key_modality=np.full(n, -1, np.int64),
+                  key_missing=np.zeros(n, bool), key_missing_score=np.zeros(n, np.float32),
+                  key_modality=np.full(n, -1, np.int64),
                   label_full=np.zeros(n, np.int64), label_pair=np.full(n, -1, np.int64),
                   ensemble_used=np.zeros(n, bool))
 

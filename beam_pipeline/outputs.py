@@ -65,6 +65,7 @@ def prediction_table(scored: ScoredBatch) -> pa.Table:
         probs_col,
         missing_col,
         pa.array(s.key_missing[keep].astype(bool)),
+        pa.array(s.key_missing_score[keep].astype(np.float32)),
         _names(key_modality, info.modality_names),
         pa.array(s.label_full[keep].astype(np.int32)),
         pa.array(label_pair.astype(np.int32), mask=label_pair < 0),

@@ -111,19 +111,20 @@ def analytic_flops(config: ModelConfig) -> dict[str, float]:
         return 2 * (d_in * h + h * c)
 
     enc = sum(2 * s.max_len * s.dim * h + attn(s.max_len, s.max_len) for s in config.modalities)
+    ffn = mlp((h, config.ffn, h)) * t
+    ae = t * (mlp((h, *config.ae_dims)) + mlp((*config.ae_dims[::-1], h)))
+    # each member reconstructs (from the observed slots) and represents (the recovered input): two passes
     members = {
-        "tf": attn(t, t) + mlp((h, config.ffn, h)) * t + 2 * attn(t, t) + mlp((h, config.ffn, h)) * t,
-        "ae": t * (mlp((h, *config.ae_dims)) + mlp((*config.ae_dims[::-1], h))),
-        "mmin": t * (config.mmin_blocks * mlp((h, *config.mmin_dims))
-                     + (config.mmin_blocks - 1) * mlp((*config.mmin_dims[::-1], h))
-                     + 2 * config.mmin_blocks * config.mmin_dims[-1] * h),
+        "tf": (attn(t, t) + ffn + 2 * attn(t, t) + ffn) + (attn(t, t) + ffn),
+        "ae": 2 * ae,
+        "mmin": 2 * config.mmin_blocks * ae + t * 2 * config.mmin_blocks * config.ae_dims[-1] * h,
     }
-    heads = classifier(m * h) + m * classifier((m - 1) * h)
-    d = m * h
-    ensemble = len(config.members) * 2 * (d * max(d // 2, 1) + max(d // 2, 1)) + classifier(d + m * c)
+    without = [t - s.max_len for s in config.modalities]  # the slots each pair head reads
+    heads = attn(t, t) + classifier(m * h) + sum(attn(w, w) + classifier((m - 1) * h) for w in without)
+    ensemble = len(config.members) * 2 * (2 * c) * (2 * c) + 2 * (2 * c) * c
     first, others = config.members[0], config.members[1:]
     return {"backbone": enc + members[first] + heads,
-            "extra": sum(members[n] for n in others) + (ensemble if others else 0.0)}
+            "extra": sum(members[n] + heads for n in others) + (ensemble if others else 0.0)}
 
 
 def counted_flops(model, batch, device) -> dict[str, float]:
@@ -137,11 +138,11 @@ def counted_flops(model, batch, device) -> dict[str, float]:
     for n in names:
         complete.lengths[n] = np.maximum(complete.lengths[n], 1)  # every modality present
     out = {}
-    for label, b, all_members in (("all", batch, True), ("backbone", complete, False)):
+    for label, b, mode in (("all", batch, "all"), ("backbone", complete, "flagged")):
         features, lengths = model_inputs(b, names, device)
         counter = FlopCounterMode(display=False)
         with torch.enable_grad(), counter:
-            res = model(features, lengths, all_members=all_members)
+            res = model(features, lengths, mode=mode)
         if label == "backbone":
             assert not bool(res.ensemble_used.any()), "a record with nothing missing was flagged"
         out[label] = counter.get_total_flops() / len(b)
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             def forward(dtype):
                 with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
                                                             enabled=dtype is not None):
-                    return model(features, lengths, all_members=False).logits
+                    return model(features, lengths, mode="flagged").logits
 
             model_times = interleave({n: (lambda d=d: forward(d)) for n, d in DTYPES.items()}, rounds=rounds, warmup=1,
                                      device=device)

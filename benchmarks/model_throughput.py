@@ -4,8 +4,8 @@ the flagged rows saves.
 For each preset (random weights) and for a trained small model, on synthetic records of which ~30 % miss one
 modality, three variants of the same scoring call take turns (benchmarks/common.py `interleave`):
   flagged_only  Scorer.score as served: the AE and MMIN members run only on the rows the check flags
-                (EMMR.forward(all_members=False))
-  all_members   the same call with all three members on every row (EMMR.forward(all_members=True))
+                (EMMR.forward(mode="flagged"))
+  all_members   the same call with all three members on every row (EMMR.forward(mode="all"))
   backbone      the encoders, the first member and the check only: what a flag rate of 0 would cost
 Printed: records/s of flagged_only, the flagged fraction, and the ratios flagged_only / all_members and
 backbone / all_members (medians of per-round ratios, with their quartiles in the comments). The cost is
@@ -44,7 +44,6 @@ from benchmarks.common import (calls_for, emit, environment, interleave, median,
                                write_json)
 from emmr import checkpoint  # noqa: E402
 from emmr.config import preset  # noqa: E402
-from emmr.nn.consistency import check  # noqa: E402
 from emmr.nn.emmr import EMMR, EMMROutput  # noqa: E402
 from emmr.scorer import Scorer  # noqa: E402
 
@@ -58,8 +57,8 @@ class AllMembers(nn.Module):
         super().__init__()
         self.inner, self.config = model, model.config
 
-    def forward(self, features, lengths, all_members=None) -> EMMROutput:
-        return self.inner(features, lengths, all_members=True)
+    def forward(self, features, lengths, mode=None) -> EMMROutput:
+        return self.inner(features, lengths, mode="all")
 
 
 class Backbone(nn.Module):
@@ -69,13 +68,8 @@ class Backbone(nn.Module):
         super().__init__()
         self.inner, self.config = model, model.config
 
-    def forward(self, features, lengths, all_members=None) -> EMMROutput:
-        m = self.inner
-        z, masks = m.embed(features, lengths)
-        _, rep0 = m.run_member(next(iter(m.members)), z, masks)
-        full, without = m.heads(rep0)
-        chk = check(full, without, masks.missing)
-        return EMMROutput(full, full, without, chk, torch.zeros_like(chk.key_missing), masks)
+    def forward(self, features, lengths, mode=None) -> EMMROutput:
+        return self.inner(features, lengths, mode="backbone")
 
 
 def variants(scorer: Scorer, batch) -> dict:

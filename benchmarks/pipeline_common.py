@@ -140,7 +140,8 @@ class NoOpScorer:
 
         n, c = len(batch), len(self.config.label_names)
         return Scores(probabilities=np.full((n, c), 1.0 / c, np.float32), label_index=np.zeros(n, np.int64),
-                      key_missing=np.zeros(n, bool), key_modality=np.full(n, -1, np.int64),
+                      key_missing=np.zeros(n, bool), key_missing_score=np.zeros(n, np.float32),
+                      key_modality=np.full(n, -1, np.int64),
                       label_full=np.zeros(n, np.int64), label_pair=np.full(n, -1, np.int64),
                       ensemble_used=np.zeros(n, bool))
 

@@ -14,7 +14,7 @@ import logging
 import sys
 
 # name -> module under emmr.commands exposing `add_arguments(parser)` and `run(args) -> int`, plus a docstring.
-COMMANDS = ("synth", "train", "evaluate", "compare", "convert", "publish")
+COMMANDS = ("synth", "oracle", "train", "evaluate", "compare", "convert", "publish")
 log = logging.getLogger("emmr")
 
 

@@ -1,6 +1,8 @@
 """The comparison table: every method of emmr/methods.py trained by the same loop on the same data, per
 seed, and evaluated with the same protocol and masks. Seeds vary the validation split, the initialisation,
-the training masks and the evaluation masks; per seed, one frozen full-modality network serves every method.
+the training masks and the evaluation masks; per seed, one frozen full-modality network serves every method, and
+methods with the same first stage share it (EMMR's backbone is the `tf` model of the same seed, so the two differ
+only where EMMR's check fires).
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConf
     """One frozen full-modality network, then every method, each selected on `val` -> method -> (scorer, metrics)."""
     train, val, standardizer = prepare(train, val, cfg.standardize)  # the scorers apply it to what they score
     teacher, teacher_best, _ = train_teacher(train, val, model_cfg, cfg, progress)
-    out = {}
+    out, backbones = {}, {}
     for method in methods:
         m_cfg, t_cfg = apply_method(method, model_cfg, cfg)
-        result = train_emmr(train, val, m_cfg, t_cfg, progress, teacher=(teacher, teacher_best))
+        key = (m_cfg.with_(members=m_cfg.members[:1], fusion="attention"), t_cfg.backbone_key())
+        result = train_emmr(train, val, m_cfg, t_cfg, progress, teacher=(teacher, teacher_best), backbone=backbones.get(key))
+        backbones.setdefault(key, result.backbone)
         meta = {"model_version": f"{method}-seed{cfg.seed}{tag}", "method": method}
         if save_dir:
             path = os.path.join(save_dir, "checkpoints", f"{method}-seed{cfg.seed}{tag}")
@@ -44,10 +48,10 @@ def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConf
 
 def compare(train: ModalityBatch, val: ModalityBatch | None, test: ModalityBatch, test_table, model_cfg: ModelConfig,
             train_cfg: TrainConfig, methods: list[str], seeds: int, rates, out_dir: str | None = None,
-            progress: bool = False) -> dict[str, dict]:
-    """-> method -> evaluate()-shaped results whose runs span every seed."""
+            progress: bool = False, first_seed: int = 0) -> dict[str, dict]:
+    """-> method -> evaluate()-shaped results whose runs span the seeds first_seed .. first_seed + seeds - 1."""
     runs: dict[str, list] = {m: [] for m in methods}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         cfg = replace(train_cfg, seed=seed)
         tr, va = (train, val) if val is not None else split_validation(train, cfg.val_fraction, seed)
         for method, (scorer, metrics) in train_methods(tr, va, model_cfg, cfg, methods, progress, out_dir).items():

@@ -23,9 +23,9 @@ class ModelConfig:
     heads: int = 4  # attention heads (Eq. 1, Eq. 7)
     ffn: int = 1200  # feed-forward width of the TF member (Eq. 7)
     dropout: float = 0.1
+    norm_first: bool = True  # pre-LayerNorm attention blocks, the residual keeps each step's magnitude (docs/model.md)
     ae_dims: tuple[int, ...] = (256, 128, 64)  # AE member: h-256-128-64-128-256-h (Eq. 5)
-    mmin_blocks: int = 5  # MMIN member: cascade of residual autoencoders (Eq. 6)
-    mmin_dims: tuple[int, ...] = (256, 128)  # each residual autoencoder: h-256-128-256-h
+    mmin_blocks: int = 5  # MMIN member: cascade of residual autoencoders (Eq. 6), each with the AE's layer sizes
     members: tuple[str, ...] = MEMBERS  # the first member is the backbone that the consistency check reads
     fusion: str = "attention"  # how the ensemble combines members: Eq. 12 ("attention"), or "max" / "average"
 
@@ -34,7 +34,6 @@ class ModelConfig:
         object.__setattr__(self, "label_names", tuple(self.label_names))
         object.__setattr__(self, "members", tuple(self.members))
         object.__setattr__(self, "ae_dims", tuple(self.ae_dims))
-        object.__setattr__(self, "mmin_dims", tuple(self.mmin_dims))
         if len(self.label_names) < 2:
             raise ValueError(f"at least two classes are needed, got {self.label_names}")
         if self.hidden % self.heads:
@@ -92,7 +91,6 @@ PRESETS: dict[str, ModelConfig] = {
         dropout=0.1,
         ae_dims=(24, 16, 8),
         mmin_blocks=5,
-        mmin_dims=(24, 16),
     ),
     # CMU-MOSI utterance-level features in ../shared/datasets (one step per modality, binary labels).
     "mosi": ModelConfig(
@@ -103,7 +101,6 @@ PRESETS: dict[str, ModelConfig] = {
         ffn=256,
         dropout=0.2,
         ae_dims=(48, 32, 16),
-        mmin_dims=(48, 32),
     ),
 }
 

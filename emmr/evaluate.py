@@ -1,6 +1,11 @@
 """The paper's evaluation protocol: missing rates 0 to 0.5, several seeds, accuracy and macro-F1 as mean and
-standard deviation, how often the key-missing flag fires and, where the data carry ground truth
-(`key_<modality>` columns from `emmr synth`), its precision and recall against the true key modality.
+standard deviation, and the key-missing flag: how often it fires, its AUROC, precision and recall against the
+key-modality truth (`key_<modality>` columns of `emmr synth` data), and accuracy on the records that miss
+nothing, miss a modality, miss their key modality, and are flagged.
+
+On `emmr synth` data every figure stands beside its ceiling (`ceiling_<metric>`): the same metric of the
+Bayes-optimal oracle (emmr/oracle.py) on the same records and masks; the model's flag is also scored at the
+oracle's flag rate (`flag_precision_at_oracle_rate`, `flag_recall_at_oracle_rate`).
 
 Missingness is simulated exactly as in training (emmr/missing.py): records that already miss a modality
 keep it missing and count toward the rate. The masks depend only on (seed, rate), so every method sees the
@@ -13,9 +18,14 @@ import numpy as np
 import pyarrow as pa
 
 from emmr.batch import ModalityBatch
-from emmr.metrics import accuracy, confusion, macro_f1, precision_recall
+from emmr.metrics import accuracy, auroc, confusion, macro_f1, precision_recall, top_fraction
 from emmr.missing import DEFAULT_RATES, seeded_rng, simulate_missing
+from emmr.oracle import SynthTruth, oracle_scores
 from emmr.scorer import Scorer, Scores
+
+CEILING_METRICS = ("accuracy", "accuracy_complete", "accuracy_missing", "accuracy_key_missing",
+                   "accuracy_nonkey_missing", "accuracy_flagged", "flag_auroc", "flag_precision", "flag_recall",
+                   "flag_rate_missing")
 
 
 def key_truth(table: pa.Table, names: tuple[str, ...]) -> np.ndarray | None:
@@ -31,36 +41,59 @@ def score_all(scorer: Scorer, batch: ModalityBatch, size: int = 1024) -> Scores:
     return Scores(*(np.concatenate([getattr(p, f) for p in parts]) for f in Scores.__dataclass_fields__))
 
 
-def run_metrics(scores: Scores, labels: np.ndarray, missing: np.ndarray, truth: np.ndarray | None, classes: int) -> dict:
-    """Metrics of one (rate, seed) run."""
-    pred = scores.label_index
+def protocol_masks(present: np.ndarray, rates, seeds, probs: np.ndarray | None = None):
+    """(rate, seed, drop (N, M) bool) for every run of the protocol, the same for every method."""
+    for r_index, rate in enumerate(rates):
+        for seed in seeds:
+            yield rate, seed, simulate_missing(present, rate, seeded_rng(seed, 1000 + r_index), probs)
+
+
+def _acc(labels, pred, rows) -> float:
+    return accuracy(labels[rows], pred[rows]) if rows.any() else float("nan")
+
+
+def run_metrics(pred: np.ndarray, flag: np.ndarray, score: np.ndarray, labels: np.ndarray, missing: np.ndarray,
+                truth: np.ndarray | None, classes: int, label_full: np.ndarray | None = None) -> dict:
+    """Metrics of one (rate, seed) run: predictions (N,), flags (N,) bool, flag scores (N,), labels (N,), what
+    is missing (N, M), the key truth (N, M) or None."""
     any_missing = missing.any(axis=1)
     out = {
         "accuracy": accuracy(labels, pred),
         "macro_f1": macro_f1(labels, pred),
         "missing_fraction": float(any_missing.mean()),
-        "flag_rate": float(scores.key_missing.mean()),  # over all records
-        "flag_rate_missing": float(scores.key_missing[any_missing].mean()) if any_missing.any() else 0.0,
-        "ensemble_rate": float(scores.ensemble_used.mean()),
+        "accuracy_complete": _acc(labels, pred, ~any_missing),
+        "accuracy_missing": _acc(labels, pred, any_missing),
+        "flag_rate": float(flag.mean()),  # over all records
+        "flag_rate_missing": float(flag[any_missing].mean()) if any_missing.any() else 0.0,
+        "accuracy_flagged": _acc(labels, pred, flag),
         "confusion": confusion(labels, pred, classes).tolist(),
     }
-    flagged = scores.key_missing
-    if flagged.any():  # what the ensemble branch changed: the final label against the backbone's (Eq. 8) there
-        out["accuracy_flagged"] = accuracy(labels[flagged], pred[flagged])
-        out["accuracy_flagged_backbone"] = accuracy(labels[flagged], scores.label_full[flagged])
+    if label_full is not None and flag.any():  # what the ensemble branch changed: the backbone's label there
+        out["accuracy_flagged_backbone"] = _acc(labels, label_full, flag)
     if truth is not None:
-        single = missing.sum(axis=1) == 1  # truth is defined for one dropped modality
+        single = missing.sum(axis=1) == 1  # truth is defined for one missing modality
         k = missing.argmax(axis=1)
         true_key = truth[np.arange(len(k)), k] & single
-        flag = scores.key_missing & single
-        out["flag_precision"], out["flag_recall"] = precision_recall(flag, true_key)
+        out["flag_precision"], out["flag_recall"] = precision_recall(flag & single, true_key)
+        out["flag_auroc"] = auroc(true_key[single], score[single])
         out["key_truth_rate"] = float(true_key[single].mean()) if single.any() else float("nan")
-        hit = flag & true_key
-        out["key_modality_accuracy"] = float((scores.key_modality[hit] == k[hit]).mean()) if hit.any() else float("nan")
-        if any_missing.any():  # accuracy where the dropped modality was key / was not
-            out["accuracy_key_missing"] = accuracy(labels[true_key], pred[true_key]) if true_key.any() else float("nan")
-            rest = single & ~true_key
-            out["accuracy_nonkey_missing"] = accuracy(labels[rest], pred[rest]) if rest.any() else float("nan")
+        out["accuracy_key_missing"] = _acc(labels, pred, true_key)
+        out["accuracy_nonkey_missing"] = _acc(labels, pred, single & ~true_key)
+    return out
+
+
+def _oracle_comparison(model: dict, oracle_pred, oracle_score, flag, labels, missing, truth) -> dict:
+    """The oracle's figures on the same run as `ceiling_<metric>`, and the model's flag at the oracle's rate."""
+    oracle_flag = (oracle_score > 0.5) & (missing.sum(axis=1) == 1)  # P(key) > 1/2: the Bayes decision
+    oracle = run_metrics(oracle_pred, oracle_flag, oracle_score, labels, missing, truth, 1 + int(labels.max()))
+    out = {f"ceiling_{k}": oracle[k] for k in CEILING_METRICS if k in oracle and k != "accuracy_flagged"}
+    out["ceiling_accuracy_flagged"] = _acc(labels, oracle_pred, flag)  # the oracle on the model's flagged records
+    single = missing.sum(axis=1) == 1
+    k = missing.argmax(axis=1)
+    true_key = truth[np.arange(len(k)), k] & single
+    at_rate = np.zeros(len(flag), dtype=bool)
+    at_rate[single] = top_fraction(model["score"][single], int(oracle_flag.sum()))
+    out["flag_precision_at_oracle_rate"], out["flag_recall_at_oracle_rate"] = precision_recall(at_rate, true_key)
     return out
 
 
@@ -69,15 +102,21 @@ def evaluate(scorer: Scorer, batch: ModalityBatch, table: pa.Table, rates=DEFAUL
     """-> {"runs": [...], "by_rate": {rate: {metric: {"mean", "std", "values"}}}}."""
     if (batch.labels < 0).any():
         raise ValueError(f"evaluation needs labels; record {batch.ids[np.argmax(batch.labels < 0)]!r} has none")
-    truth = key_truth(table, scorer.config.modality_names)
-    classes = scorer.config.num_classes
+    names = scorer.config.modality_names
+    truth = key_truth(table, names)
+    synth_truth = SynthTruth.from_table(table, names)
     runs = []
-    for r_index, rate in enumerate(rates):
-        for seed in seeds:
-            drop = simulate_missing(batch.present(), rate, seeded_rng(seed, 1000 + r_index), probs)
-            masked = batch.drop(drop)
-            scores = score_all(scorer, masked)
-            runs.append({"rate": rate, "seed": seed, **run_metrics(scores, batch.labels, ~masked.present(), truth, classes)})
+    for rate, seed, drop in protocol_masks(batch.present(), rates, seeds, probs):
+        masked = batch.drop(drop)
+        s = score_all(scorer, masked)
+        missing = ~masked.present()
+        run = run_metrics(s.label_index, s.key_missing, s.key_missing_score, batch.labels, missing, truth,
+                          scorer.config.num_classes, s.label_full)
+        if synth_truth is not None:
+            o = oracle_scores(synth_truth, missing)
+            run.update(_oracle_comparison({"score": s.key_missing_score}, o.label_index, o.key_missing_score,
+                                          s.key_missing, batch.labels, missing, synth_truth.key))
+        runs.append({"rate": rate, "seed": seed, **run})
     return {"runs": runs, "by_rate": aggregate(runs)}
 
 

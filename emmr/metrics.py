@@ -32,3 +32,25 @@ def precision_recall(flag: np.ndarray, truth: np.ndarray) -> tuple[float, float]
     precision = tp / flag.sum() if flag.sum() else float("nan")
     recall = tp / truth.sum() if truth.sum() else float("nan")
     return precision, recall
+
+
+def auroc(truth: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of a score against boolean truth (Mann-Whitney U with midranks for ties);
+    nan when one class is absent."""
+    truth = np.asarray(truth, dtype=bool)
+    n_pos = int(truth.sum())
+    n_neg = len(truth) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(score)
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def top_fraction(score: np.ndarray, count: int) -> np.ndarray:
+    """A flag on the `count` highest scores (ties broken by order): a detector at a given flag rate."""
+    flag = np.zeros(len(score), dtype=bool)
+    if count > 0:
+        flag[np.argsort(-np.asarray(score), kind="stable")[:count]] = True
+    return flag

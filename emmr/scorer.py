@@ -21,7 +21,8 @@ from emmr.tensors import model_inputs
 class Scores:
     probabilities: np.ndarray  # (B, C) float32
     label_index: np.ndarray  # (B,) int64
-    key_missing: np.ndarray  # (B,) bool
+    key_missing: np.ndarray  # (B,) bool: key_missing_score >= the checkpoint's threshold
+    key_missing_score: np.ndarray  # (B,) float32: P(the missing modality is key); 0 when nothing is missing
     key_modality: np.ndarray  # (B,) int64, -1 = none
     label_full: np.ndarray  # (B,) int64: argmax of Eq. 8
     label_pair: np.ndarray  # (B,) int64: argmax of Eq. 9 for the reported modality; -1 when nothing is missing
@@ -77,9 +78,9 @@ class Scorer:
         features, lengths = model_inputs(batch, names, self.device)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
                                                     enabled=self.autocast_dtype is not None):
-            out = self.model(features, lengths, all_members=False)
+            out = self.model(features, lengths, mode="flagged")
         c = out.check
-        tensors = (out.logits.float().softmax(dim=-1), out.logits.argmax(dim=-1), c.key_missing, c.key_modality,
-                   c.label_full, c.label_pair, out.ensemble_used)
-        probs, label, key, key_mod, full, pair, ens = (t.cpu().numpy() for t in tensors)
-        return Scores(probs.astype(np.float32), label, key, key_mod, full, pair, ens)
+        tensors = (out.logits.float().softmax(dim=-1), out.logits.argmax(dim=-1), c.key_missing, c.score.float(),
+                   c.key_modality, c.label_full, c.label_pair, out.ensemble_used)
+        probs, label, key, score, key_mod, full, pair, ens = (t.cpu().numpy() for t in tensors)
+        return Scores(probs.astype(np.float32), label, key, score.astype(np.float32), key_mod, full, pair, ens)

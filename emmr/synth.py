@@ -1,47 +1,61 @@
-"""Synthetic input v1 records that plant the paper's inconsistency phenomenon, with exact ground truth.
+"""Synthetic input v1 records with planted key modalities and exact ground truth (generator v2).
 
-Generative model (one record; `m` ranges over the modalities, `M` of them):
+Generative model (one record; `m` ranges over the M modalities):
 
-1. Shared latent factors z ~ N(0, I_K). z_0 is a shared sentiment factor.
-2. Each modality's own sentiment evidence e_m = rho * z_0 + sqrt(1 - rho^2) * eps_m, eps_m ~ N(0, 1):
-   correlated through z_0 (so a missing modality is partly predictable from the others) but private in part
-   (so it can disagree with them).
-3. The label is the class of the mean evidence of all modalities, s = mean_m e_m: binary `s > 0`, or with
-   three classes negative / neutral / positive split at -tau and +tau (tau makes the classes about equal).
-   The label the modalities other than k imply is the class, by the same rule, of the mean of their
-   evidence. Modality k is *key* for the record when the two differ: dropping k flips the label. This is
-   exact, because the generator knows e; it is written as `key_<m>` beside `evidence_<m>` and `dropped`.
-   Where two modalities disagree or are near a class boundary, the third decides: those are the key cases.
+1. Shared latent factors z ~ N(0, I_K). z_0 is a shared sentiment factor; z_1 .. z_{K-1} are content factors.
+2. Each modality's sentiment evidence has three parts,
+       e_m = a * z_0  +  b * h_m(z)  +  c * eps_m,      eps_m ~ N(0, 1),   a^2 + b^2 + c^2 = 1,
+   a linear shared part (`shared`, a), a *nonlinear* shared part (`nonlinear`, b) and a private part
+   (c = sqrt(1 - a^2 - b^2)). h_m(z) = z_i * z_j is the product of a pair of content factors of its own
+   (mean 0, variance 1, uncorrelated with every linear function of z): the other modalities reveal z, so a
+   model that reconstructs the missing modality's evidence as a nonlinear function of what they show gains
+   over one that does not (the room reconstruction has), while eps_m is private (nothing can recover it).
+3. The label is the class of the mean evidence, s = mean_m e_m: binary `s > 0`, or with three classes
+   negative / neutral / positive split at -tau and +tau (tau makes the classes about equal).
+   **Key modality.** The label *without* k is the label of the record with k neutralised (its evidence set to
+   its mean, 0): the class of (sum_{j != k} e_j) / M. Modality k is key when the two differ: neutralising it
+   flips the label. This is the definition the model's check and its training target use on real data (the
+   frozen teacher's prediction with k replaced by a neutral value, docs/model.md), written out exactly here:
+   `label_without_<m>` and `key_<m>`, for every modality whether dropped or not.
+   **What can be known without k.** Given z and the other evidences (everything the observed modalities'
+   features carry), e_k ~ N(a z_0 + b h_k(z), c^2), so the class probabilities of the full label and the
+   probability that k is key are closed-form (`posterior`): `p_key_<m>` is that probability. The latent z is
+   written out (`latent`) so `emmr oracle` can compute the Bayes-optimal figures for any missingness.
 4. Features: a sequence of L_m steps (L_m uniform in [ceil(max_len / 2), max_len], the rest is padding),
    step t of modality m being
        x_{m,t} = A_m^T z + g_m * e_m * w_t * u_m + noise,   noise ~ N(0, sigma^2 I)
-   with A_m (K x dim) a mixing of the shared factors (the shared structure that reconstruction can use),
-   u_m a sentiment direction (norm sqrt(dim)), g_m the modality's reliability, and w_t a bump at a random
-   step, normalised to mean 1 over the record's steps (evidence spread over time, so attention must look).
-   A_m, u_m and g_m form the *world*: fixed by `world_seed`, shared by every split, so a model trained on
-   one seed's records scores another seed's records.
+   with A_m (K x dim) a mixing of the latent factors (what lets the others reveal z), u_m a sentiment direction
+   (norm sqrt(dim)), g_m the modality's reliability, and w_t a bump at a random step, normalised to mean 1
+   over the record's steps (evidence spread over time, so attention must look). A_m, u_m and g_m form the
+   *world*: fixed by `world_seed`, shared by every split.
 5. Missingness: round(missing_rate * N) records, chosen at random, drop one modality (uniform): its column
-   is null and `dropped` names it. Their key truth still describes every modality.
+   is null and `dropped` names it. Their truth still describes every modality.
+
+The generator's parameters travel in the Parquet schema metadata (`emmr.synth`, JSON), so the truth can be
+recomputed from a written file alone.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy.special import ndtr
 
 from emmr.batch import modality_array
 from schemas.arrow import TIMESTAMP, input_schema
 from schemas.modality import ModalitySpec
 
-LATENT_DIM = 4
 TAU_QUANTILE = 0.4307  # Phi^-1(2/3): +-tau at this many standard deviations split N(0, s^2) into thirds
 BASE_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
+META_KEY = b"emmr.synth"
 
 
 @dataclass(frozen=True)
@@ -50,8 +64,9 @@ class SynthParams:
     seed: int = 0
     classes: int = 3
     missing_rate: float = 0.0
-    rho: float = 0.6  # correlation of each modality's evidence with the shared sentiment factor
-    noise: float = 1.0  # sigma of the per-value noise
+    shared: float = 0.5  # a: weight of the linear shared factor z_0 in every modality's evidence
+    nonlinear: float = 0.7  # b: weight of the modality's nonlinear function of the content factors
+    noise: float = 0.5  # sigma of the per-value feature noise: low enough that the features reveal z and e well
     world_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,8 +76,32 @@ class SynthParams:
             raise ValueError(f"classes must be 2 or 3, got {self.classes}")
         if not 0.0 <= self.missing_rate <= 1.0:
             raise ValueError(f"missing_rate must be in [0, 1], got {self.missing_rate}")
-        if not 0.0 <= self.rho < 1.0:
-            raise ValueError(f"rho must be in [0, 1), got {self.rho}")
+        if self.shared < 0 or self.nonlinear < 0 or self.shared**2 + self.nonlinear**2 >= 1.0:
+            raise ValueError(f"shared and nonlinear must be >= 0 with shared^2 + nonlinear^2 < 1, got "
+                             f"{self.shared} and {self.nonlinear}")
+
+    @property
+    def private(self) -> float:
+        """c: weight of each modality's private evidence."""
+        return math.sqrt(1.0 - self.shared**2 - self.nonlinear**2)
+
+
+def latent_dim(n_modalities: int) -> int:
+    """K: z_0 plus enough content factors for a distinct pair per modality."""
+    n = 2
+    while n * (n - 1) // 2 < n_modalities:
+        n += 1
+    return n + 1
+
+
+def content_pairs(n_modalities: int) -> list[tuple[int, int]]:
+    """The pair (i, j) of content factors whose product is h_m(z), per modality."""
+    return list(itertools.combinations(range(1, latent_dim(n_modalities)), 2))[:n_modalities]
+
+
+def nonlinear_part(z: np.ndarray, n_modalities: int) -> np.ndarray:
+    """h(z): (N, K) -> (N, M), h_m = z_i * z_j."""
+    return np.stack([z[:, i] * z[:, j] for i, j in content_pairs(n_modalities)], axis=1)
 
 
 def label_names(classes: int) -> tuple[str, ...]:
@@ -70,10 +109,12 @@ def label_names(classes: int) -> tuple[str, ...]:
 
 
 def threshold(params: SynthParams, n_modalities: int) -> float:
-    """tau: the class boundary on mean evidence of all modalities (3 classes); 0 for 2 classes."""
+    """tau: the class boundary on the mean evidence (3 classes); 0 for 2 classes.
+
+    Var(mean_m e_m) = a^2 + (b^2 + c^2) / M: the products h_m of distinct pairs are uncorrelated."""
     if params.classes == 2:
         return 0.0
-    var_mean = params.rho**2 + (1 - params.rho**2) / n_modalities
+    var_mean = params.shared**2 + (1.0 - params.shared**2) / n_modalities
     return TAU_QUANTILE * math.sqrt(var_mean)
 
 
@@ -84,12 +125,53 @@ def classify(mean_evidence: np.ndarray, classes: int, tau: float) -> np.ndarray:
     return np.where(mean_evidence < -tau, 0, np.where(mean_evidence > tau, 2, 1)).astype(np.int64)
 
 
-def key_truth(evidence: np.ndarray, classes: int, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (N,), key (N, M)): the label of all modalities, and whether dropping each flips it."""
+def key_truth(evidence: np.ndarray, classes: int, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """evidence (N, M) -> (labels (N,), labels without each modality (N, M), key (N, M)).
+
+    Without k = k neutralised: its evidence replaced by its mean, 0; the mean is still over M modalities."""
     n_mod = evidence.shape[1]
     labels = classify(evidence.mean(axis=1), classes, tau)
-    without = (evidence.sum(axis=1, keepdims=True) - evidence) / (n_mod - 1)  # (N, M) mean of the others
-    return labels, classify(without, classes, tau) != labels[:, None]
+    without = classify((evidence.sum(axis=1, keepdims=True) - evidence) / n_mod, classes, tau)  # (N, M)
+    return labels, without, without != labels[:, None]
+
+
+def class_bounds(classes: int, tau: float) -> np.ndarray:
+    """(C, 2): the interval of mean evidence that each class covers."""
+    if classes == 2:
+        return np.array([[-np.inf, 0.0], [0.0, np.inf]])
+    return np.array([[-np.inf, -tau], [-tau, tau], [tau, np.inf]])
+
+
+def posterior(params: SynthParams, latent: np.ndarray, evidence: np.ndarray, missing: np.ndarray,
+              tau: float) -> np.ndarray:
+    """P(label = c | z and the evidence of the modalities not missing): (N, C), closed form.
+
+    latent (N, K), evidence (N, M), missing (N, M) bool. The missing modalities' evidences are independent
+    given z: their sum is N(sum of a z_0 + b h_k(z), |missing| c^2). A record missing nothing gets a one-hot
+    row (its label is a function of the evidence)."""
+    n_mod = evidence.shape[1]
+    mean_k = params.shared * latent[:, :1] + params.nonlinear * nonlinear_part(latent, n_mod)  # (N, M)
+    known = np.where(missing, 0.0, evidence).sum(axis=1)
+    loc = (known + np.where(missing, mean_k, 0.0).sum(axis=1)) / n_mod  # mean of s
+    sd = params.private * np.sqrt(missing.sum(axis=1)) / n_mod  # (N,)
+    bounds = class_bounds(params.classes, tau)
+    safe = np.where(sd > 0, sd, 1.0)
+    cdf = lambda x: np.where(sd > 0, ndtr((x - loc) / safe), (loc <= x).astype(np.float64))  # noqa: E731
+    probs = np.stack([cdf(hi) - cdf(lo) for lo, hi in bounds], axis=1)
+    return np.clip(probs, 0.0, 1.0)
+
+
+def key_probability(params: SynthParams, latent: np.ndarray, evidence: np.ndarray, tau: float) -> np.ndarray:
+    """p_key (N, M): P(modality k is key | z, the other evidences), for every k."""
+    n, n_mod = evidence.shape
+    _, without, _ = key_truth(evidence, params.classes, tau)
+    out = np.empty((n, n_mod))
+    for k in range(n_mod):
+        missing = np.zeros((n, n_mod), dtype=bool)
+        missing[:, k] = True
+        probs = posterior(params, latent, evidence, missing, tau)
+        out[:, k] = 1.0 - probs[np.arange(n), without[:, k]]  # without k does not depend on e_k
+    return out
 
 
 @dataclass(frozen=True)
@@ -103,9 +185,10 @@ class World:
     @classmethod
     def make(cls, modalities: tuple[ModalitySpec, ...], seed: int) -> "World":
         rng = np.random.default_rng(seed)
+        k = latent_dim(len(modalities))
         mixing, direction = [], []
         for m in modalities:
-            mixing.append(rng.normal(0.0, 1.0 / math.sqrt(LATENT_DIM), size=(LATENT_DIM, m.dim)))
+            mixing.append(rng.normal(0.0, 1.0 / math.sqrt(k), size=(k, m.dim)))
             u = rng.normal(size=m.dim)
             direction.append(u / np.linalg.norm(u) * math.sqrt(m.dim))
         gain = tuple(float(g) for g in np.linspace(0.6, 1.2, len(modalities)))  # text (last) most reliable
@@ -127,6 +210,25 @@ def _features(rng, world: World, j: int, spec: ModalitySpec, z, e, noise) -> tup
     return x.astype(np.float32), lengths
 
 
+def truth_schema(modalities: tuple[ModalitySpec, ...], params: SynthParams) -> pa.Schema:
+    """Input v1 with the truth columns, and the generator's parameters in the metadata."""
+    schema = input_schema(modalities, truth=True)
+    meta = {**asdict(params), "tau": threshold(params, len(modalities)), "private": params.private,
+            "latent_dim": latent_dim(len(modalities)), "content_pairs": content_pairs(len(modalities)),
+            "modalities": [m.name for m in modalities]}
+    return schema.with_metadata({**schema.metadata, META_KEY: json.dumps(meta).encode()})
+
+
+def params_from_schema(schema: pa.Schema) -> tuple[SynthParams, float] | None:
+    """(params, tau) recorded by `emmr synth` in a file's schema, or None for data that are not synthetic."""
+    raw = (schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        return None
+    meta = json.loads(raw)
+    fields = set(SynthParams.__dataclass_fields__)
+    return SynthParams(**{k: v for k, v in meta.items() if k in fields}), float(meta["tau"])
+
+
 def generate(params: SynthParams, modalities: tuple[ModalitySpec, ...], start: int = 0, count: int | None = None) -> pa.Table:
     """Records start .. start+count of the data set `params` describes, as an input v1 table with truth."""
     count = params.records - start if count is None else count
@@ -141,10 +243,11 @@ def generate(params: SynthParams, modalities: tuple[ModalitySpec, ...], start: i
     dropped = dropped_all[start : start + count]
 
     rng = np.random.default_rng([params.seed, 2, start])
-    z = rng.standard_normal((count, LATENT_DIM))
+    z = rng.standard_normal((count, latent_dim(n_mod)))
     eps = rng.standard_normal((count, n_mod))
-    evidence = params.rho * z[:, :1] + math.sqrt(1 - params.rho**2) * eps  # (count, M)
-    labels, key = key_truth(evidence, params.classes, tau)
+    evidence = params.shared * z[:, :1] + params.nonlinear * nonlinear_part(z, n_mod) + params.private * eps  # (count, M)
+    labels, without, key = key_truth(evidence, params.classes, tau)
+    p_key = key_probability(params, z, evidence, tau)
 
     ids = [f"synth-{params.seed}-{i:08d}" for i in range(start, start + count)]
     columns: dict[str, pa.Array] = {"id": pa.array(ids, pa.string())}
@@ -158,10 +261,14 @@ def generate(params: SynthParams, modalities: tuple[ModalitySpec, ...], start: i
         columns[f"evidence_{m.name}"] = pa.array(evidence[:, j].astype(np.float32))
     for j, m in enumerate(modalities):
         columns[f"key_{m.name}"] = pa.array(key[:, j])
+    for j, m in enumerate(modalities):
+        columns[f"label_without_{m.name}"] = pa.array(without[:, j], pa.int64())
+    for j, m in enumerate(modalities):
+        columns[f"p_key_{m.name}"] = pa.array(p_key[:, j].astype(np.float32))
+    columns["latent"] = pa.array(list(z.astype(np.float32)), pa.list_(pa.field("element", pa.float32(), nullable=False)))
     names = [m.name for m in modalities]
     columns["dropped"] = pa.array([names[d] if d >= 0 else None for d in dropped], pa.string())
-    schema = input_schema(modalities, truth=True)
-    return pa.Table.from_pydict(columns, schema=schema)
+    return pa.Table.from_pydict(columns, schema=truth_schema(modalities, params))
 
 
 def write(params: SynthParams, modalities: tuple[ModalitySpec, ...], out_dir: str, target_group_bytes: int = 32 << 20) -> str:
@@ -170,7 +277,7 @@ def write(params: SynthParams, modalities: tuple[ModalitySpec, ...], out_dir: st
     path = os.path.join(out_dir, "part-00000.parquet")
     bytes_per_record = sum(4 * m.dim * m.max_len for m in modalities)
     chunk = max(1, min(params.records, target_group_bytes // bytes_per_record))
-    with pq.ParquetWriter(path, input_schema(modalities, truth=True)) as writer:
+    with pq.ParquetWriter(path, truth_schema(modalities, params)) as writer:
         for start in range(0, params.records, chunk):
             writer.write_table(generate(params, modalities, start, min(chunk, params.records - start)))
     return path

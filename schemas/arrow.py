@@ -32,8 +32,10 @@ def modality_type(dim: int) -> pa.DataType:
 def input_schema(modalities: tuple[ModalitySpec, ...], truth: bool = False) -> pa.Schema:
     """Input record v1: id, one column per modality, optional label and event_time.
 
-    With `truth`, the synthetic ground-truth columns follow: `evidence_<modality>` (float32, the latent
-    sentiment evidence), `key_<modality>` (bool) and `dropped` (string). Validation ignores them.
+    With `truth`, the synthetic ground-truth columns follow (emmr/synth.py): `evidence_<modality>` (float32, the
+    latent sentiment evidence), `key_<modality>` (bool: neutralising it flips the label), `label_without_<modality>`
+    (int64: the label with it neutralised), `p_key_<modality>` (float32: the probability that it is key given the
+    other modalities), `latent` (list<float32>: the shared factors) and `dropped` (string). Validation ignores them.
     """
     fields = [pa.field("id", pa.string(), nullable=False)]
     fields += [pa.field(m.name, modality_type(m.dim), nullable=True) for m in modalities]
@@ -41,6 +43,9 @@ def input_schema(modalities: tuple[ModalitySpec, ...], truth: bool = False) -> p
     if truth:
         fields += [pa.field(f"evidence_{m.name}", pa.float32(), nullable=True) for m in modalities]
         fields += [pa.field(f"key_{m.name}", pa.bool_(), nullable=True) for m in modalities]
+        fields += [pa.field(f"label_without_{m.name}", pa.int64(), nullable=True) for m in modalities]
+        fields += [pa.field(f"p_key_{m.name}", pa.float32(), nullable=True) for m in modalities]
+        fields += [pa.field("latent", pa.list_(pa.field("element", pa.float32(), nullable=False)), nullable=True)]
         fields += [pa.field("dropped", pa.string(), nullable=True)]
     return pa.schema(fields, metadata=_meta(INPUT))
 
@@ -54,7 +59,8 @@ def prediction_schema() -> pa.Schema:
             pa.field("label_index", pa.int32(), nullable=False),
             pa.field("probabilities", pa.list_(pa.field("element", pa.float32(), nullable=False)), nullable=False),
             pa.field("missing", pa.list_(pa.field("element", pa.string(), nullable=False)), nullable=False),
-            pa.field("key_missing", pa.bool_(), nullable=False),
+            pa.field("key_missing", pa.bool_(), nullable=False),  # key_missing_score >= the model's threshold
+            pa.field("key_missing_score", pa.float32(), nullable=False),  # P(the missing modality is key); 0 if none
             pa.field("key_modality", pa.string(), nullable=True),  # the missing modality that flips the label
             pa.field("label_full", pa.int32(), nullable=True),  # argmax of the recovered full-input head (Eq. 8)
             pa.field("label_pair", pa.int32(), nullable=True),  # argmax of the pair head without the key modality (Eq. 9)

@@ -46,7 +46,8 @@ class ConstantScorer:
         probs = np.zeros((n, 2), dtype=np.float32)
         probs[:, self.label] = 1
         full = np.full(n, self.label, dtype=np.int64)
-        return Scores(probs, full, np.zeros(n, bool), np.full(n, -1), full, np.full(n, -1), np.zeros(n, bool))
+        return Scores(probs, full, np.zeros(n, bool), np.zeros(n, np.float32), np.full(n, -1), full, np.full(n, -1),
+                      np.zeros(n, bool))
 
 
 def test_each_record_is_scored_by_the_model_selected_on_the_other_half():

@@ -1,4 +1,6 @@
-"""The assembled model: gradients, the frozen teacher, inference on flagged rows only, the paper preset."""
+"""The assembled model: gradients in each training stage, the frozen teacher and backbone, inference on flagged
+rows only, members that shape their predictions, EMMR equal to TF alone where the check does not fire, the
+paper preset."""
 
 from __future__ import annotations
 
@@ -6,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from emmr.batch import ModalityBatch
+from emmr import synth
+from emmr.batch import ModalityBatch, from_arrow
 from emmr.config import preset
 from emmr.methods import METHODS, apply_method
 from emmr.missing import seeded_rng, simulate_missing
 from emmr.nn.emmr import EMMR
-from emmr.nn.losses import backward_loss, forward_loss, task_loss, total_loss
 from emmr.nn.teacher import FullModalityNetwork
-from emmr.train import TrainConfig, train_emmr
+from emmr.tensors import model_inputs
+from emmr.train import StageData, TrainConfig, split_validation, stage_step, train_emmr, train_teacher
 
 SMALL = preset("small")
+CPU = torch.device("cpu")
 
 
 def random_inputs(config, lengths, seed=0):
@@ -24,47 +28,131 @@ def random_inputs(config, lengths, seed=0):
     return feats, torch.tensor(lengths)
 
 
-def training_loss(model, teacher, feats, lengths, full_lengths, labels):
-    out = model(feats, lengths)
-    with torch.no_grad():
-        _, rep = teacher(feats, full_lengths)
-        target, fm = model.embed(feats, full_lengths)
-    rows = torch.ones(len(labels), dtype=torch.bool)
-    return total_loss(task_loss(out, labels, 1.0), forward_loss(rep, out.reps, rows),
-                      backward_loss(out.decoded, target, fm.observed), 0.1, 0.1)
+@pytest.fixture(scope="module")
+def tiny_data():
+    table = synth.generate(synth.SynthParams(records=160, seed=4), SMALL.modalities)
+    return split_validation(from_arrow(table, SMALL.modalities), 0.25, 0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    """A quickly trained EMMR (two epochs per stage) and the data it saw."""
+    tr, va = tiny_data
+    cfg = TrainConfig(epochs=2, teacher_epochs=1, batch_size=16, missing_rate=0.5)
+    teacher, best, _ = train_teacher(tr, va, SMALL, cfg, progress=False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    return train_emmr(tr, va, SMALL, cfg, progress=False, teacher=(teacher, best)), before, cfg
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_trainable_parameter_gets_a_gradient(method):
-    config, _ = apply_method(method, SMALL, TrainConfig())
+def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, tiny_data):
+    """Stage 1 reaches every backbone parameter; stage 2 every other parameter and no backbone parameter."""
+    tr, va = tiny_data
+    config, cfg = apply_method(method, SMALL, TrainConfig(missing_rate=0.5))
     torch.manual_seed(0)
-    model, teacher = EMMR(config).train(), FullModalityNetwork(config).eval()
-    full = [[8, 10, 6], [4, 3, 2], [8, 10, 6], [5, 5, 5]]
-    lengths = [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5]]
-    feats, lengths_t = random_inputs(config, lengths)
-    loss = training_loss(model, teacher, feats, lengths_t, torch.tensor(full), torch.tensor([0, 1, 2, 1]))
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
-    assert not missing, missing
+    teacher = FullModalityNetwork(config).eval()
+    data = StageData(tr, va, teacher, config, cfg)
+    backbone = EMMR(config.with_(members=config.members[:1]))  # stage 1 trains the single-member model
+    models = [backbone]
+    if config.ensemble:
+        full = EMMR(config)
+        full.load_state_dict(backbone.state_dict(), strict=False)
+        full.freeze_backbone()
+        models.append(full)
+    idx = np.arange(32)
+    for model in models:
+        model.train()
+        stage_step(model, data, cfg, epoch=0)(idx).backward()
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable
+        missing = [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing, (model.backbone_frozen, missing)
+        if model.backbone_frozen:
+            assert all(p.grad is None for m in model.backbone_modules() for p in m.parameters())
     assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_inference_runs_other_members_only_on_flagged_rows_and_matches_full_computation():
     torch.manual_seed(1)
     model = EMMR(SMALL).eval()
+    model.flag_threshold.fill_(0.6)
     lengths = [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5], [3, 0, 0], [8, 10, 6]] * 5
     feats, lengths_t = random_inputs(SMALL, lengths, seed=2)
     seen = []
-    hook = model.members["ae"].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    ae = model.members["ae"]
+    original = ae.represent
+    ae.represent = lambda r_in, r, valid: seen.append(len(r_in)) or original(r_in, r, valid)
     with torch.inference_mode():
-        fast = model(feats, lengths_t, all_members=False)
-        slow = model(feats, lengths_t, all_members=True)
-    hook.remove()
+        fast = model(feats, lengths_t, mode="flagged")
+        slow = model(feats, lengths_t, mode="all")
     flagged = int(fast.check.key_missing.sum())
     assert seen == [flagged, len(lengths)]  # inference: only the flagged rows met the AE member
     assert 0 < flagged < len(lengths), "the random model should flag some rows, not all"
     torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-4, atol=1e-5)
-    assert not fast.check.key_missing[3::6].any() and not fast.check.key_missing[5::6].any()  # complete rows
+    torch.testing.assert_close(fast.check.score, slow.check.score, rtol=1e-4, atol=1e-5)
+    complete = torch.tensor([all(x > 0 for x in row) for row in lengths])
+    assert not fast.check.key_missing[complete].any() and (fast.check.score[complete] == 0).all()
+
+
+@pytest.mark.parametrize("member", ["tf", "ae", "mmin"])
+def test_a_members_weights_shape_complete_record_predictions(member):
+    """Not inert on observed modalities: the full head classifies the member's encoding of the record."""
+    torch.manual_seed(3)
+    model = EMMR(SMALL.with_(members=(member,))).eval()
+    feats, lengths = random_inputs(SMALL, [[8, 10, 6], [4, 3, 2]])
+    with torch.inference_mode():
+        before = model(feats, lengths).logits.clone()
+        for p in model.members[member].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        after = model(feats, lengths).logits
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_emmr_equals_tf_alone_wherever_the_check_does_not_fire(trained):
+    """Never worse than TF where not flagged: exactly the backbone's output, the backbone's weights untouched."""
+    result, _, _ = trained
+    emmr, (tf, _) = result.model.eval(), result.backbone
+    for name, v in tf.state_dict().items():
+        torch.testing.assert_close(emmr.state_dict()[name], v, rtol=0, atol=0)
+    table = synth.generate(synth.SynthParams(records=120, seed=9), SMALL.modalities)
+    batch = from_arrow(table, SMALL.modalities)
+    masked = batch.drop(simulate_missing(batch.present(), 0.6, seeded_rng(0, 1)))
+    feats, lengths = model_inputs(masked, SMALL.modality_names, CPU)
+    with torch.inference_mode():
+        a, b = emmr(feats, lengths), tf.eval()(feats, lengths)
+    torch.testing.assert_close(a.check.score, b.check.score, rtol=0, atol=0)
+    keep = ~a.check.key_missing
+    assert keep.any() and a.check.key_missing.any()
+    torch.testing.assert_close(a.logits[keep], b.logits[keep], rtol=0, atol=0)
+    assert a.ensemble_used.equal(a.check.key_missing) and not b.ensemble_used.any()
+
+
+def test_teacher_weights_do_not_change_and_its_neutral_values_are_fitted(trained, tiny_data):
+    result, before, _ = trained
+    teacher = result.teacher
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    tr, _ = tiny_data
+    complete = tr.take(np.flatnonzero(tr.present().all(axis=1)))
+    feats, lengths = model_inputs(complete, SMALL.modality_names, CPU)
+    with torch.no_grad():
+        rep = teacher(feats, lengths)[1].view(len(complete), 3, -1)
+    # neutral[k]: the mean of modality k's part of the representation over the complete training records
+    torch.testing.assert_close(teacher.neutral, rep.mean(dim=0), rtol=1e-4, atol=1e-5)
+
+
+def test_neutralised_logits_replace_exactly_one_modality():
+    torch.manual_seed(5)
+    teacher = FullModalityNetwork(SMALL).eval()
+    teacher.neutral.copy_(torch.randn_like(teacher.neutral))
+    feats, lengths = random_inputs(SMALL, [[8, 10, 6], [4, 3, 2]])
+    with torch.no_grad():
+        out = teacher.neutralised_logits(feats, lengths)  # (B, M, C)
+        rep = teacher(feats, lengths)[1].view(2, 3, -1)
+        rep[:, 1] = teacher.neutral[1]
+        expected = teacher.head(rep.flatten(1))
+    torch.testing.assert_close(out[:, 1], expected)
 
 
 def test_two_missing_modalities_are_scored():
@@ -72,27 +160,21 @@ def test_two_missing_modalities_are_scored():
     feats, lengths = random_inputs(SMALL, [[0, 0, 6], [8, 0, 0], [0, 10, 0]])
     with torch.inference_mode():
         out = model(feats, lengths)
-    assert torch.isfinite(out.logits).all()
+    assert torch.isfinite(out.logits).all() and ((out.check.score >= 0) & (out.check.score <= 1)).all()
     km = out.check.key_modality
     assert all(k == -1 or not lengths[i, k] for i, k in enumerate(km.tolist()))  # a flagged modality is a missing one
 
 
-def test_teacher_weights_do_not_change_during_emmr_training():
-    from emmr import synth
-    from emmr.batch import from_arrow
-    from emmr.train import split_validation, train_teacher
+def test_the_flag_threshold_travels_with_the_weights(trained, tmp_path):
+    from emmr import checkpoint
 
-    table = synth.generate(synth.SynthParams(records=120, seed=4), SMALL.modalities)
-    batch = from_arrow(table, SMALL.modalities)
-    tr, va = split_validation(batch, 0.25, 0)
-    cfg = TrainConfig(epochs=2, teacher_epochs=1, batch_size=16)
-    teacher, best, _ = train_teacher(tr, va, SMALL, cfg, progress=False)
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    result = train_emmr(tr, va, SMALL, cfg, progress=False, teacher=(teacher, best))
-    assert result.teacher is teacher
-    for k, v in teacher.state_dict().items():
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
-    assert all(not p.requires_grad for p in teacher.parameters())
+    result, _, cfg = trained
+    assert result.metrics["flag"]["target"] == cfg.flag_target
+    assert result.model.flag_threshold.item() == pytest.approx(result.metrics["flag"]["threshold"])
+    checkpoint.save(str(tmp_path), result.model, method="emmr", train_config=cfg.__dict__, metrics=result.metrics,
+                    data_fingerprint={})
+    loaded, _ = checkpoint.load(str(tmp_path))
+    assert loaded.flag_threshold.item() == result.model.flag_threshold.item()
 
 
 def test_paper_preset_forward_backward_and_parameter_count(capsys):
@@ -100,9 +182,9 @@ def test_paper_preset_forward_backward_and_parameter_count(capsys):
     model = EMMR(config).train()
     count = sum(p.numel() for p in model.parameters())
     print(f"paper preset: {count:,} parameters")  # reported in docs/model.md
-    assert 5_000_000 < count < 10_000_000
+    assert 5_000_000 < count < 20_000_000
     feats, lengths = random_inputs(config, [[100, 0, 25], [60, 150, 10]])
-    out = model(feats, lengths)
+    out = model(feats, lengths, mode="all")
     (out.logits.sum() + out.ensemble_logits.sum()).backward()
     assert model.encoder.encoders[0].project.weight.grad is not None
 
@@ -126,16 +208,3 @@ def test_batch_drop_zeroes_and_marks_missing():
     dropped = batch.drop(np.array([[True, False], [False, False]]))
     assert dropped.lengths["x"].tolist() == [0, 1] and dropped.features["x"][0].sum() == 0
     assert batch.lengths["x"].tolist() == [2, 1]  # the original is unchanged
-
-
-def test_only_the_backbone_trains_the_shared_representation():
-    """Gradients of the other members and of the ensemble never reach the encoders, slots or backbone."""
-    torch.manual_seed(0)
-    model = EMMR(SMALL).train()
-    feats, lengths = random_inputs(SMALL, [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5]])
-    out = model(feats, lengths)
-    loss = out.ensemble_logits.sum() + sum(r.sum() for r in out.reps[1:]) + sum(d.sum() for d in out.decoded[1:])
-    loss.backward()
-    shared = [p for n, p in model.named_parameters() if n.startswith(("encoder.", "slots.", "members.tf.", "heads."))]
-    assert shared and all(p.grad is None for p in shared)
-    assert model.members["ae"].encoder[0].weight.grad is not None

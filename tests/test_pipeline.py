@@ -42,11 +42,11 @@ from schemas.validate import validate_output
 
 TINY = ModelConfig(
     modalities=(ModalitySpec("a", 3, 2), ModalitySpec("b", 2, 3), ModalitySpec("c", 4, 1)),
-    label_names=("neg", "neu", "pos"), hidden=4, heads=2, ffn=8, dropout=0.0, ae_dims=(4, 3, 2), mmin_blocks=1,
-    mmin_dims=(4, 2))
+    label_names=("neg", "neu", "pos"), hidden=4, heads=2, ffn=8, dropout=0.0, ae_dims=(4, 3, 2), mmin_blocks=1)
 # Every weight is zero, so every head outputs its last bias (the representations are all zero):
-FULL = [0.0, 1.0, 2.0]  # Eq. 8: "pos"
-WITHOUT = {"a": [0.0, 1.0, 2.0], "b": [2.0, 0.0, 1.0], "c": [0.0, 3.0, 1.0]}  # Eq. 9: b and c are key, a is not
+FULL = [0.0, 1.0, 2.0]  # the backbone's Eq. 8: "pos"
+# the backbone's Eq. 9: key scores 1 - sum_c p_full p_without (threshold 0.5): a 0.49, b 0.76, c 0.71 -> b, c key
+WITHOUT = {"a": [0.0, 1.0, 2.0], "b": [2.0, 0.0, 1.0], "c": [0.0, 3.0, 1.0]}
 ENSEMBLE = [3.0, 0.0, 0.0]  # Eq. 13's head: "neg"
 
 
@@ -56,10 +56,11 @@ def make_tiny_model(path: str) -> str:
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        model.heads.full[-1].bias.copy_(torch.tensor(FULL))
+        heads = model.heads[model.backbone]
+        heads.full.classify[-1].bias.copy_(torch.tensor(FULL))
         for k, m in enumerate(TINY.modality_names):
-            model.heads.without[k][-1].bias.copy_(torch.tensor(WITHOUT[m]))
-        model.ensemble.head[-1].bias.copy_(torch.tensor(ENSEMBLE))
+            heads.without[k].classify[-1].bias.copy_(torch.tensor(WITHOUT[m]))
+        model.ensemble.head.bias.copy_(torch.tensor(ENSEMBLE))
     return checkpoint.save(path, model, method="emmr", train_config={}, metrics={}, data_fingerprint={})
 
 
@@ -349,14 +350,14 @@ def expected_tiny(miss: tuple[str, ...]) -> dict:
     """What TINY must say about a record missing `miss` (the check and switch of Eq. 8-13, by hand)."""
     names = TINY.modality_names
     full = int(np.argmax(FULL))
-    flagged = [m for m in miss if int(np.argmax(WITHOUT[m])) != full]
-    conf = {m: softmax(WITHOUT[m]).max() for m in miss}
-    pick = max(flagged or miss, key=lambda m: conf[m]) if miss else None
-    key = bool(flagged)
+    score = {m: 1.0 - float(softmax(FULL) @ softmax(WITHOUT[m])) for m in miss}
+    pick = max(miss, key=lambda m: score[m]) if miss else None
+    key = bool(miss) and score[pick] >= 0.5
     return {
         "probabilities": softmax(ENSEMBLE if key else FULL),
         "label_index": int(np.argmax(ENSEMBLE if key else FULL)),
         "key_missing": key,
+        "key_missing_score": score[pick] if miss else 0.0,
         "key_modality": pick if key else None,
         "label_full": full,
         "label_pair": int(np.argmax(WITHOUT[pick])) if miss else None,
@@ -383,9 +384,10 @@ def test_handler_scores_a_tiny_model_exactly(tiny_model):
         assert row["label_index"] == want["label_index"] and row["label"] == TINY.label_names[want["label_index"]]
         for k in ("key_missing", "key_modality", "label_full", "label_pair", "ensemble_used", "missing"):
             assert row[k] == want[k], (i, k)
+        assert row["key_missing_score"] == pytest.approx(want["key_missing_score"], rel=1e-5)
         assert row["model_version"] == checkpoint.read_meta(tiny_model)["model_version"]
-    # the hand computation covers every branch: not key, key, two missing (flagged one wins, most confident)
-    assert [r["key_modality"] for r in rows] == [None, None, "b", "c", "c"]
+    # the hand computation covers every branch: not key, key, two missing (the higher score wins)
+    assert [r["key_modality"] for r in rows] == [None, None, "b", "b", "c"]
 
 
 def test_handler_batching_and_sharing_are_configurable():
@@ -518,7 +520,7 @@ def scored_by_hand(publish: bool = False) -> ScoredBatch:
         b.publish_time_us = np.array([9_000_000, 9_500_000, 9_750_000])
     scores = Scores(probabilities=np.array([[.7, .2, .1], [.1, .1, .8], [.3, .3, .4]], np.float32),
                     label_index=np.array([0, 2, 2]), key_missing=np.array([False, True, False]),
-                    key_modality=np.array([-1, 2, -1]), label_full=np.array([0, 0, 2]),
+                    key_missing_score=np.array([0.0, 0.75, 0.25], np.float32), key_modality=np.array([-1, 2, -1]), label_full=np.array([0, 0, 2]),
                     label_pair=np.array([-1, 1, 2]), ensemble_used=np.array([False, True, False]))
     return ScoredBatch(b, scores, {2: ("non_finite_output", "x")}, INFO, scored_at_us=10_000_000)
 
@@ -533,6 +535,7 @@ def test_prediction_table_formats_prediction_v1_exactly():
         "neg", 0, [], False, None, None)
     assert (r1["label"], r1["missing"], r1["key_missing"], r1["key_modality"], r1["label_full"], r1["label_pair"],
             r1["ensemble_used"]) == ("pos", ["a", "c"], True, "c", 0, 1, True)
+    assert (r0["key_missing_score"], r1["key_missing_score"]) == (0.0, 0.75)
     np.testing.assert_allclose(r1["probabilities"], [.1, .1, .8], rtol=1e-6)
     assert r0["event_time"] is None and r1["event_time"].timestamp() == 1.0 and r1["scored_at"].timestamp() == 10.0
     assert (r0["latency_s"], r1["latency_s"]) == (1.0, 0.5) and r0["model_version"] == "v123"

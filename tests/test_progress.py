@@ -64,7 +64,8 @@ def test_training_reports_records_per_second(tiny_data, tmp_path, caplog):
     assert emmr_main(["train", "--data", tiny_data, "--out", str(tmp_path / "m"), "--epochs", "1",
                       "--teacher-epochs", "1"]) == 0
     epochs = [m for m in messages(caplog) if " epoch 1/1: loss " in m]
-    assert len(epochs) == 2 and all(RATE.search(m) for m in epochs), epochs  # the teacher's and the model's
+    # the teacher's, the backbone's (stage 1) and the ensemble stage's
+    assert len(epochs) == 3 and all(RATE.search(m) for m in epochs), epochs
 
 
 def test_evaluation_reports_records_per_second(trained, tiny_data, tmp_path, caplog):  # noqa: F811

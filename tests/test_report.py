@@ -29,7 +29,8 @@ def test_evaluate_says_when_the_data_already_miss_modalities(trained, tmp_path, 
     assert any("missing rate 0.5 (records missing a modality: 0.500)" in r.getMessage() for r in caplog.records)
     table = (out / "metrics.md").read_text()
     assert "already miss a modality in 30.0% of the records" in table
-    flag_rows = [line for line in table.split("## key-missing flag")[1].splitlines() if line.startswith("| emmr | ")]
+    flag_table = table.split("## key-missing flag")[1].split("\n## ")[0]
+    flag_rows = [line for line in flag_table.splitlines() if line.startswith("| emmr | ")]
     assert [row.split(" | ")[1] for row in flag_rows] == ["0", "0.1", "0.3", "0.5"]  # rate 0 too, like the plots
 
 

@@ -62,7 +62,8 @@ def test_input_schema_roundtrip(tmp_path):
 def test_prediction_and_dead_letter_schemas_roundtrip(tmp_path):
     pred = pa.Table.from_pylist(
         [{"id": "r1", "label": "positive", "label_index": 2, "probabilities": [0.1, 0.2, 0.7], "missing": ["text"],
-          "key_missing": True, "key_modality": "text", "label_full": 2, "label_pair": 1, "ensemble_used": True,
+          "key_missing": True, "key_missing_score": 0.8, "key_modality": "text", "label_full": 2, "label_pair": 1,
+          "ensemble_used": True,
           "model_version": "abc", "scored_at": NOW, "event_time": None, "latency_s": None}],
         schema=prediction_schema(),
     )

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from scipy.special import ndtr
 
 from emmr import synth
 from emmr.batch import from_arrow
@@ -54,7 +55,8 @@ def test_missing_fraction_is_what_was_asked(acceptance_data):
 
 
 def test_key_truth_recomputed_independently(acceptance_data):
-    """Recompute label and key flags row by row from the written evidence, by the README's rule."""
+    """Recompute label, labels without each modality and key flags row by row from the written evidence, by the
+    README's rule: without k = k neutralised (its evidence 0), the mean still over all three."""
     rows = acceptance_data.slice(0, 300).to_pylist()
     params = synth.SynthParams(records=1000, seed=1, classes=3, missing_rate=0.3)
     tau = synth.threshold(params, 3)
@@ -68,10 +70,51 @@ def test_key_truth_recomputed_independently(acceptance_data):
         full = cls(sum(e) / 3)
         assert r["label"] == full
         for k, n in enumerate(NAMES):
-            others = [e[j] for j in range(3) if j != k]
-            assert r[f"key_{n}"] == (cls(sum(others) / 2) != full), (r["id"], n)
+            without = cls((sum(e) - e[k]) / 3)
+            assert r[f"label_without_{n}"] == without, (r["id"], n)
+            assert r[f"key_{n}"] == (without != full), (r["id"], n)
             n_key += r[f"key_{n}"]
     assert 0.05 < n_key / (3 * len(rows)) < 0.5  # key cases exist and are not the rule
+
+
+def test_evidence_follows_the_generative_model(acceptance_data):
+    """e_m = a z_0 + b z_i z_j + c eps_m: the residual after the shared parts has variance c^2 and is
+    uncorrelated with the latents; the nonlinear part is invisible to a linear fit on z."""
+    params = synth.SynthParams(records=1000, seed=1)
+    z = np.stack(acceptance_data.column("latent").to_pylist())
+    e = np.stack([acceptance_data.column(f"evidence_{n}").to_numpy() for n in NAMES], axis=1)
+    h = synth.nonlinear_part(z, 3)
+    assert synth.content_pairs(3) == [(1, 2), (1, 3), (2, 3)] and z.shape[1] == 4
+    residual = e - params.shared * z[:, :1] - params.nonlinear * h
+    assert np.allclose(residual.std(axis=0), params.private, rtol=0.1)
+    assert np.abs(np.corrcoef(np.c_[residual, z].T)[:3, 3:]).max() < 0.15  # 1,000 records: sd about 0.03
+    linear = np.linalg.lstsq(np.c_[z, np.ones(len(z))], e, rcond=None)[0]
+    assert np.allclose(linear[0], params.shared, atol=0.15) and np.abs(linear[1:4]).max() < 0.15
+
+
+def test_key_probability_by_hand():
+    """p_key: e_k ~ N(a z_0 + b z_i z_j, c^2) given the rest; k is key when e_k moves the mean out of the class
+    the others give with e_k = 0."""
+    params = synth.SynthParams(records=1, classes=2)
+    z = np.array([[0.5, 1.0, -2.0, 0.0]])  # k = 2 uses the pair (2, 3): z_2 z_3 = 0
+    e = np.array([[0.3, -0.1, 9.9]])  # e_0, e_1 observed; e_2's value must not matter
+    mu = params.shared * 0.5
+    # without k: (0.3 - 0.1) / 3 > 0 -> positive; k is key when the full mean is <= 0: e_k <= -0.2
+    expected = ndtr((-0.2 - mu) / params.private)
+    assert synth.key_probability(params, z, e, tau=0.0)[0, 2] == pytest.approx(expected, rel=1e-9)
+    probs = synth.posterior(params, z, e, np.array([[False, False, True]]), tau=0.0)[0]
+    assert probs == pytest.approx([expected, 1 - expected], rel=1e-9)
+
+
+def test_p_key_columns_are_the_posterior(acceptance_data):
+    params = synth.SynthParams(records=1000, seed=1, missing_rate=0.3)
+    z = np.stack(acceptance_data.column("latent").to_pylist()).astype(np.float64)
+    e = np.stack([acceptance_data.column(f"evidence_{n}").to_numpy() for n in NAMES], axis=1).astype(np.float64)
+    written = np.stack([acceptance_data.column(f"p_key_{n}").to_numpy() for n in NAMES], axis=1)
+    np.testing.assert_allclose(written, synth.key_probability(params, z, e, synth.threshold(params, 3)), atol=1e-5)
+    key = np.stack([acceptance_data.column(f"key_{n}").to_numpy() for n in NAMES], axis=1)
+    assert written[key].mean() > 0.5 > written[~key].mean()  # informative: the key ones are likely key
+    assert synth.params_from_schema(acceptance_data.schema) == (params, synth.threshold(params, 3))
 
 
 def test_binary_key_truth():

@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with `model:` and `train:` sections (any field of ModelConfig, TrainConfig)")
     add_training_arguments(p, ("epochs", "teacher_epochs", "batch_size", "lr", "missing_rate", "patience", "device"))
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, usually one per core)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the seeds are first-seed .. first-seed + seeds - 1 (default: 0), so that one comparison can be "
+                        "run as several processes")
     add_protocol_arguments(p)
 
 
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     rates = parse_rates(args.missing_rates)
     extra = {"train": args.train, "val": args.val, "test": test_path, "seeds": args.seeds, "rates": rates,
              "model": model_cfg.to_dict(), "train_config": train_cfg.__dict__}
-    results = compare(train, val, test, test_table, model_cfg, train_cfg, methods, args.seeds, rates, args.out)
+    results = compare(train, val, test, test_table, model_cfg, train_cfg, methods, args.seeds, rates, args.out,
+                      first_seed=args.first_seed)
     kind = "dev figures: selected and scored on" if test_path == args.val else "on"
     paths = write_all(results, args.out, f"Comparison ({kind} {test_path})", list(model_cfg.label_names), extra=extra)
     if args.cross_fit:

@@ -25,8 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="modality dimensions and lengths")
     p.add_argument("--classes", type=int, choices=(2, 3), default=None, help="classes (default: the preset's)")
     p.add_argument("--missing-rate", type=float, default=0.0, help="fraction of records that miss one modality")
-    p.add_argument("--rho", type=float, default=0.6, help="correlation of each modality's evidence with the shared factor")
-    p.add_argument("--noise", type=float, default=1.0, help="standard deviation of the feature noise")
+    p.add_argument("--shared", type=float, default=0.5,
+                   help="weight a of the shared linear factor in each modality's evidence (default: 0.5)")
+    p.add_argument("--nonlinear", type=float, default=0.7,
+                   help="weight b of each modality's nonlinear function of the shared content factors (default: 0.7); "
+                        "the private part has weight sqrt(1 - a^2 - b^2)")
+    p.add_argument("--noise", type=float, default=0.5, help="standard deviation of the feature noise (default: 0.5)")
     p.add_argument("--world-seed", type=int, default=0, help="seed of the fixed world (keep it equal across splits)")
 
 
@@ -34,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     config = preset(args.preset)
     classes = args.classes or config.num_classes
     params = synth.SynthParams(records=args.records, seed=args.seed, classes=classes, missing_rate=args.missing_rate,
-                               rho=args.rho, noise=args.noise, world_seed=args.world_seed)
+                               shared=args.shared, nonlinear=args.nonlinear, noise=args.noise, world_seed=args.world_seed)
     path = synth.write(params, config.modalities, args.out)
     table = pq.read_table(path, columns=["label", "dropped"] + [f"key_{m}" for m in config.modality_names])
     keys = np.stack([table.column(f"key_{m}").to_numpy() for m in config.modality_names], axis=1)

@@ -1,14 +1,18 @@
-"""Eq. 8-9: the consistency heads and the check that decides whether a missing modality is key.
+"""Eq. 8-9: a member's consistency heads, and the check that scores whether a missing modality is key.
 
-Eq. 8:  L_full = f_full([p_1; ...; p_M]): a head over the pooled recovered input of every modality.
-Eq. 9:  L_without_k = f_k([p_j for j != k]): a head per modality k over the others (with three modalities,
-        the paper's pairs L_va, L_vt, L_at are L_without_t, L_without_a, L_without_v).
-Check:  a missing modality k is key when argmax L_full != argmax L_without_k.
-
-With two modalities missing (say a and v, only t observed), both are recovered; the flag fires when
-dropping either recovered modality flips the label (L_without_a or L_without_v disagrees with L_full), and
-`key_modality` names the one whose head is the more confident. A record with nothing missing is never
-flagged. A record with every modality missing is rejected before it reaches the model.
+Eq. 8:  L_full = FC(MHA(F)): what the record says with the missing modality restored. F is the member's
+        encoding of the recovered full input (members/__init__.py), every modality's slots.
+Eq. 9:  L_without_k = FC(MHA(I_{-k})): what the other modalities say *on their own*: the recovered input I
+        (Eq. 1-2 features, the missing segment decoded) at the slots of every modality but k. It reads I, not F,
+        because F mixes every modality into every slot (attention): the head must not see k. It is trained to
+        give the label of the record with k neutralised (emmr/keytruth.py), not the full label: trained on the
+        full label, both heads estimate P(y | observed) and differ only by noise.
+Check:  k missing is key when the full label differs from the label the others give. The score
+        s_k = 1 - sum_c softmax(L_full)_c softmax(L_without_k)_c is the probability that the two differ when
+        each head's answer is drawn from its distribution: P(k is key | observed) when the heads are calibrated
+        (the paper compares the two argmaxes; the score keeps how sure each head is). The record's
+        score is the largest s_k over its missing modalities (0 when nothing is missing), and it is flagged
+        when the score reaches the threshold chosen on validation (emmr/flag.py).
 """
 
 from __future__ import annotations
@@ -19,43 +23,58 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
-from emmr.nn.heads import classifier
+from emmr.nn.heads import AttentionHead
+from emmr.nn.layout import Layout
 
 
 class ConsistencyHeads(nn.Module):
-    def __init__(self, config: ModelConfig):
+    """One member's L_full (Eq. 8) and L_without_k for every k (Eq. 9)."""
+
+    def __init__(self, config: ModelConfig, layout: Layout):
         super().__init__()
         m, h, c = len(config.modalities), config.hidden, config.num_classes
-        self.full = classifier(m * h, h, c, config.dropout)  # Eq. 8
-        self.without = nn.ModuleList(classifier((m - 1) * h, h, c, config.dropout) for _ in range(m))  # Eq. 9
-        self.hidden = h
+        self.full = AttentionHead(layout.segment, h, config.heads, c, config.dropout, config.norm_first)  # Eq. 8
+        self.without = nn.ModuleList()
+        for k in range(m):  # Eq. 9
+            slots = layout.slots_of([j for j in range(m) if j != k])
+            self.register_buffer(f"slots_{k}", slots, persistent=False)
+            self.without.append(AttentionHead(layout.segment[slots], h, config.heads, c, config.dropout, config.norm_first))
 
-    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """pooled (B, M * h) -> (L_full (B, C), L_without (B, M, C))."""
-        parts = pooled.split(self.hidden, dim=-1)  # M x (B, h)
-        without = [head(torch.cat(parts[:k] + parts[k + 1 :], dim=-1)) for k, head in enumerate(self.without)]
-        return self.full(pooled), torch.stack(without, dim=1)
+    def forward_full(self, encoded: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """F (B, T, h), valid (B, T) -> L_full (B, C)."""
+        return self.full(encoded, valid)
+
+    def forward_without(self, recovered: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """I (B, T, h), valid (B, T) -> L_without (B, M, C)."""
+        out = []
+        for k, head in enumerate(self.without):
+            slots = getattr(self, f"slots_{k}")
+            out.append(head(recovered[:, slots], valid[:, slots]))
+        return torch.stack(out, dim=1)
 
 
 @dataclass
 class Check:
+    score: torch.Tensor  # (B,) float: P(a missing modality is key), 0 when nothing is missing
+    key_missing: torch.Tensor  # (B,) bool: score >= threshold
+    key_modality: torch.Tensor  # (B,) the flagged missing modality (highest score); -1 when not flagged
     label_full: torch.Tensor  # (B,) argmax L_full
-    label_pair: torch.Tensor  # (B,) argmax L_without_k for the reported modality k; -1 when nothing is missing
-    key_missing: torch.Tensor  # (B,) bool: some missing modality is key
-    key_modality: torch.Tensor  # (B,) index of the key modality, -1 when none
+    label_pair: torch.Tensor  # (B,) argmax L_without_k for that modality; -1 when nothing is missing
 
 
-def check(full_logits: torch.Tensor, without_logits: torch.Tensor, missing: torch.Tensor) -> Check:
-    """full (B, C), without (B, M, C), missing (B, M) bool -> Check. Vectorised over the batch."""
-    label_full = full_logits.argmax(dim=-1)  # (B,)
+def check(full_logits: torch.Tensor, without_logits: torch.Tensor, missing: torch.Tensor,
+          threshold: torch.Tensor | float) -> Check:
+    """full (B, C), without (B, M, C), missing (B, M) bool, threshold -> Check. Vectorised over the batch."""
+    p_full = full_logits.float().softmax(dim=-1)  # (B, C)
+    p_without = without_logits.float().softmax(dim=-1)  # (B, M, C)
     label_without = without_logits.argmax(dim=-1)  # (B, M)
-    flagged = (label_without != label_full[:, None]) & missing  # (B, M)
-    key_missing = flagged.any(dim=1)
-    confidence = without_logits.softmax(dim=-1).amax(dim=-1)  # (B, M) in (0, 1]
-    # Report a flagged modality if there is one (most confident first), else the most confident missing one.
-    score = torch.where(flagged, confidence + 2.0, torch.where(missing, confidence, torch.full_like(confidence, -1.0)))
-    pick = score.argmax(dim=1)  # (B,)
+    per_modality = 1.0 - (p_full[:, None, :] * p_without).sum(dim=-1)  # (B, M): s_k
+    per_modality = torch.where(missing, per_modality, torch.full_like(per_modality, -1.0))
+    best, pick = per_modality.max(dim=1)  # (B,)
     any_missing = missing.any(dim=1)
-    label_pair = torch.where(any_missing, label_without.gather(1, pick[:, None]).squeeze(1), -1)
-    key_modality = torch.where(key_missing, pick, -1)
-    return Check(label_full=label_full, label_pair=label_pair, key_missing=key_missing, key_modality=key_modality)
+    score = torch.where(any_missing, best, torch.zeros_like(best))
+    flagged = any_missing & (score >= threshold)
+    none = torch.full_like(pick, -1)
+    return Check(score=score, key_missing=flagged, key_modality=torch.where(flagged, pick, none),
+                 label_full=full_logits.argmax(dim=-1),
+                 label_pair=torch.where(any_missing, label_without.gather(1, pick[:, None]).squeeze(1), none))

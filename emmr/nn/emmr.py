@@ -1,15 +1,16 @@
-"""EMMR assembled: Eq. 1-2 encoders, the members (Eq. 5-7) with recovery, the check (Eq. 8-9), the
-ensemble (Eq. 10-12) and the per-sample switch (Eq. 13).
+"""EMMR assembled: Eq. 1-2 encoders, the members (Eq. 5-7) with recovery (Section 3.6), each member's heads
+(Eq. 8-9), the check, the ensemble (Eq. 10-12) and the per-sample switch (Eq. 13).
 
-The first member is the backbone: its recovered input feeds the consistency heads. In training every
-member runs on every row (all of them learn); at inference the other members run only on the rows whose
-check fires, gathered and scattered back (no Python loop over samples).
+The first member is the backbone. Training has two stages (emmr/train.py): the backbone (shared encoders,
+slot embeddings, its member and heads) alone, exactly the `tf` baseline; then, with the backbone frozen, the
+other members, their heads and the ensemble. So a row the check does not flag gets exactly the backbone's
+output: EMMR can only change the flagged rows.
 
-The backbone owns the shared representation: the other members and the ensemble read the Eq. 1-2 features,
-the slot embeddings, the backbone's representation and its heads' logits without sending gradients back.
-So the backbone trains exactly as it would alone (the `tf` baseline), and the ensemble can only add to it on
-the rows the check flags. Trained jointly instead, the members' reconstruction losses and the ensemble pulled
-the shared encoders their way and the backbone lost accuracy on the unflagged rows (docs/model.md).
+Modes of `forward`:
+- "backbone": the backbone only (training stage 1; single-member models);
+- "all": every member and the ensemble on every row (training stage 2; the ensemble-everywhere control);
+- "flagged": inference: the backbone on every row (decoding only the rows that miss a modality, pair heads
+  only there), the other members and the ensemble only on the flagged rows, gathered and scattered back.
 """
 
 from __future__ import annotations
@@ -28,18 +29,30 @@ from emmr.nn.modality_encoder import SequenceEncoder
 from emmr.nn.recovery import recover
 from emmr.nn.slots import SlotEmbedding
 
+MODES = ("backbone", "all", "flagged")
+
+
+@dataclass
+class MemberRun:
+    """One member's pass over a batch."""
+
+    decoded: torch.Tensor  # (B, T, h) reconstruction from the observed slots
+    recovered: torch.Tensor  # (B, T, h) I: Eq. 1-2 features, the missing segment decoded
+    encoded: torch.Tensor  # (B, T, h) F: the member's encoding of I
+    full_logits: torch.Tensor  # (B, C) Eq. 8
+    without_logits: torch.Tensor  # (B, M, C) Eq. 9
+
 
 @dataclass
 class EMMROutput:
     logits: torch.Tensor  # (B, C) Eq. 13
-    full_logits: torch.Tensor  # (B, C) Eq. 8
-    without_logits: torch.Tensor  # (B, M, C) Eq. 9
+    full_logits: torch.Tensor  # (B, C) the backbone's Eq. 8
+    without_logits: torch.Tensor  # (B, M, C) the backbone's Eq. 9 (zeros where not computed: rows missing nothing)
     check: Check
     ensemble_used: torch.Tensor  # (B,) bool
     masks: Masks
-    ensemble_logits: torch.Tensor | None = None  # (B, C), every row; training only
-    reps: list[torch.Tensor] | None = None  # per member (B, M*h); training only
-    decoded: list[torch.Tensor] | None = None  # per member (B, T, h); training only
+    runs: dict[str, MemberRun] | None = None  # modes "backbone" and "all"
+    ensemble_logits: torch.Tensor | None = None  # (B, C) on every row, mode "all"
 
 
 class EMMR(nn.Module):
@@ -50,48 +63,93 @@ class EMMR(nn.Module):
         self.encoder = SequenceEncoder(config)  # Eq. 1-2
         self.slots = SlotEmbedding(self.layout.total, config.hidden)
         self.members = nn.ModuleDict({name: build_member(name, config) for name in config.members})  # Eq. 5-7
-        self.heads = ConsistencyHeads(config)  # Eq. 8-9
+        self.heads = nn.ModuleDict({name: ConsistencyHeads(config, self.layout) for name in config.members})  # Eq. 8-9
         self.ensemble = Ensemble(config) if config.ensemble else None  # Eq. 10-13
+        self.register_buffer("flag_threshold", torch.tensor(0.5))  # chosen on validation (emmr/flag.py)
+        self.backbone_frozen = False
+
+    @property
+    def backbone(self) -> str:
+        return self.config.members[0]
+
+    def backbone_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.slots, self.members[self.backbone], self.heads[self.backbone]]
+
+    def freeze_backbone(self) -> None:
+        """Training stage 2: the backbone's weights stay as they are, and it runs without dropout."""
+        self.backbone_frozen = True
+        for module in self.backbone_modules():
+            for p in module.parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "EMMR":
+        super().train(mode)
+        if self.backbone_frozen:
+            for module in self.backbone_modules():
+                module.eval()
+        return self
 
     def embed(self, features: list[torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, Masks]:
         masks = self.layout.masks(lengths)
         return self.encoder(features, masks.observed), masks
 
-    def run_member(self, name: str, z: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (decoded (B, T, h), pooled representation of the recovered input (B, M*h)).
-
-        Only the backbone (the first member) sends gradients into the shared encoders and slot embeddings.
-        """
-        z_in = self.slots(z)
-        if name != next(iter(self.members)):
-            z, z_in = z.detach(), z_in.detach()
-        decoded = self.members[name](z_in, z, masks)
+    def run_member(self, name: str, z: torch.Tensor, masks: Masks) -> MemberRun:
+        """Every pass of member `name` on every row."""
+        member, heads = self.members[name], self.heads[name]
+        decoded = member.reconstruct(self.slots(z), z, masks)
         recovered = recover(z, decoded, masks.missing_slots)  # Section 3.6
-        return decoded, self.layout.pool(recovered, masks.recovered_valid)
+        encoded = member.represent(self.slots(recovered), recovered, masks.recovered_valid)
+        return MemberRun(decoded, recovered, encoded, heads.forward_full(encoded, masks.recovered_valid),
+                         heads.forward_without(recovered, masks.recovered_valid))
 
-    def forward(self, features: list[torch.Tensor], lengths: torch.Tensor, all_members: bool | None = None) -> EMMROutput:
+    def forward(self, features: list[torch.Tensor], lengths: torch.Tensor, mode: str | None = None) -> EMMROutput:
         """features: per modality (B, L_m, d_m); lengths (B, M) -> EMMROutput."""
-        all_members = self.training if all_members is None else all_members
+        mode = mode or ("flagged" if not self.training else "all" if self.backbone_frozen else "backbone")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "flagged":
+            return self._infer(features, lengths)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            z, masks = self.embed(features, lengths)
+            base = self.run_member(self.backbone, z, masks)
+        chk = check(base.full_logits, base.without_logits, masks.missing, self.flag_threshold)
+        runs = {self.backbone: base}
+        if mode == "backbone" or self.ensemble is None:
+            return EMMROutput(base.full_logits, base.full_logits, base.without_logits, chk,
+                              torch.zeros_like(chk.key_missing), masks, runs)
+        for name in self.config.members[1:]:
+            runs[name] = self.run_member(name, z, masks)
+        votes = torch.stack([Ensemble.vote(r.full_logits, r.without_logits) for r in runs.values()], dim=1)
+        ensemble_logits = self.ensemble(votes)
+        logits = switch(chk.key_missing, ensemble_logits, base.full_logits)  # Eq. 13
+        return EMMROutput(logits, base.full_logits, base.without_logits, chk, chk.key_missing, masks, runs,
+                          ensemble_logits)
+
+    def _infer(self, features: list[torch.Tensor], lengths: torch.Tensor) -> EMMROutput:
+        """Mode "flagged": only the work each row needs."""
         z, masks = self.embed(features, lengths)
-        names = list(self.members)
-        decoded0, rep0 = self.run_member(names[0], z, masks)
-        full, without = self.heads(rep0)
-        chk = check(full, without, masks.missing)
-        if self.ensemble is None:
-            return EMMROutput(full, full, without, chk, torch.zeros_like(chk.key_missing), masks,
-                              reps=[rep0], decoded=[decoded0])
-        if all_members:
-            runs = [self.run_member(n, z, masks) for n in names[1:]]
-            reps = [rep0] + [r for _, r in runs]
-            ens_reps = torch.stack([rep0.detach()] + reps[1:], dim=1)  # the backbone trains as if alone
-            ensemble_logits = self.ensemble(ens_reps, without.detach())
-            logits = switch(chk.key_missing, ensemble_logits, full)  # Eq. 13
-            return EMMROutput(logits, full, without, chk, chk.key_missing, masks, ensemble_logits, reps,
-                              [decoded0] + [d for d, _ in runs])
-        rows = chk.key_missing.nonzero().squeeze(1)  # only the flagged rows meet the other members
+        backbone, heads = self.members[self.backbone], self.heads[self.backbone]
+        c = self.config.num_classes
+        recovered = z
+        incomplete = masks.missing.any(dim=1).nonzero().squeeze(1)  # rows that miss a modality
+        without = z.new_zeros(len(z), len(self.config.modalities), c)
+        if incomplete.numel():
+            sub_z, sub_masks = z[incomplete], masks.take(incomplete)
+            decoded = backbone.reconstruct(self.slots(sub_z), sub_z, sub_masks)
+            recovered = z.clone()
+            recovered[incomplete] = recover(sub_z, decoded.to(z.dtype), sub_masks.missing_slots)  # Section 3.6
+            without[incomplete] = heads.forward_without(recovered[incomplete], sub_masks.recovered_valid).to(z.dtype)
+        encoded = backbone.represent(self.slots(recovered), recovered, masks.recovered_valid)
+        full = heads.forward_full(encoded, masks.recovered_valid)
+        chk = check(full, without, masks.missing, self.flag_threshold)
         logits = full.clone()
-        if rows.numel():
+        rows = chk.key_missing.nonzero().squeeze(1)  # only the flagged rows meet the other members
+        if self.ensemble is not None and rows.numel():
             sub_z, sub_masks = z[rows], masks.take(rows)
-            reps = [rep0[rows]] + [self.run_member(n, sub_z, sub_masks)[1] for n in names[1:]]
-            logits[rows] = self.ensemble(torch.stack(reps, dim=1), without[rows]).to(logits.dtype)  # Eq. 13
-        return EMMROutput(logits, full, without, chk, chk.key_missing, masks)
+            votes = [Ensemble.vote(full[rows], without[rows])]
+            votes += [Ensemble.vote(r.full_logits, r.without_logits)
+                      for r in (self.run_member(n, sub_z, sub_masks) for n in self.config.members[1:])]
+            logits[rows] = self.ensemble(torch.stack(votes, dim=1)).to(logits.dtype)  # Eq. 13
+        used = chk.key_missing if self.ensemble is not None else torch.zeros_like(chk.key_missing)
+        return EMMROutput(logits, full, without, chk, used, masks)

@@ -1,14 +1,16 @@
-"""Eq. 10-13: the ensemble that decides when the check finds the missing modality key.
+"""Eq. 10-13: the ensemble that decides where the check finds the missing modality key.
 
-Eq. 10:  c_k = max_c softmax(L_without_k)_c            confidence of each pair head
-Eq. 11:  beta_k = c_k / sum_j c_j;  r = [beta_1 softmax(L_without_1); ...; beta_M softmax(L_without_M)]
-Eq. 12:  alpha = softmax_j(v^T tanh(W R_j + b));  F = sum_j alpha_j R_j      over the members' representations
-Eq. 13:  y = f_ens([F; r]) if the check fires, else L_full.
+Per member j, from its own heads (Eq. 8-9): L^j_full (B, C) and L^j_without_k (B, M, C).
+Eq. 10:  c^j_k = max_c softmax(L^j_without_k)_c;   beta^j = softmax_k(c^j_k)      confidence of each pair head
+Eq. 11:  E^j_key = sum_k beta^j_k L^j_without_k                                     the member's pair evidence (logits)
+Eq. 12:  alpha = softmax_j(v^T tanh(W V^j + b));  V = sum_j alpha_j V^j             attention over the members
+Eq. 13:  y = f_ens(V) where the check fires, L_full of the backbone elsewhere.
 
-Eq. 13 as printed mixes r (M x C values) with F (of the hidden size) in one expression. They live in
-different spaces, so we concatenate them and let one learned head read both: f_ens is a classifier over
-[F; r], of size M*h + M*C. The `max` and `average` fusions replace Eq. 12 by an elementwise max or mean over
-members (ablations).
+Eq. 13 as printed mixes the pair evidence with the encoder output F, of another size. Each member's vote is
+V^j = [L^j_full; E^j_key] (2C values): what its encoding of the recovered input says (F, classified) and what
+its pairs say, so both enter and stay in the space of class logits; Eq. 12 attends over these votes and f_ens
+is one linear layer, 2C -> C. The `max` and `average` fusions replace Eq. 12 by an elementwise max or mean
+over the members' votes (ablations).
 """
 
 from __future__ import annotations
@@ -17,47 +19,54 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
-from emmr.nn.heads import classifier
 
 
 def pair_evidence(without_logits: torch.Tensor) -> torch.Tensor:
-    """Eq. 10-11: (B, M, C) -> r (B, M * C)."""
-    probs = without_logits.softmax(dim=-1)  # (B, M, C)
-    confidence = probs.amax(dim=-1)  # Eq. 10, (B, M)
-    beta = confidence / confidence.sum(dim=1, keepdim=True)  # Eq. 11
-    return (beta[..., None] * probs).flatten(1)  # (B, M * C)
+    """Eq. 10-11: L_without (B, M, C) -> E_key (B, C)."""
+    confidence = without_logits.softmax(dim=-1).amax(dim=-1)  # Eq. 10, c_k (B, M)
+    beta = confidence.softmax(dim=1)  # Eq. 10, (B, M)
+    return (beta[..., None] * without_logits).sum(dim=1)  # Eq. 11
 
 
 class MemberFusion(nn.Module):
-    """Eq. 12 (or max / average)."""
+    """Eq. 12 (or max / average) over the members' votes."""
 
     def __init__(self, dim: int, fusion: str):
         super().__init__()
         self.fusion = fusion
         if fusion == "attention":  # W, b and v of Eq. 12
-            self.score = nn.Sequential(nn.Linear(dim, max(dim // 2, 1)), nn.Tanh(), nn.Linear(max(dim // 2, 1), 1, bias=False))
+            self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
 
-    def forward(self, reps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """reps (B, J, D) -> (F (B, D), alpha (B, J))."""
+    def forward(self, votes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """votes (B, J, D) -> (V (B, D), alpha (B, J))."""
         if self.fusion == "max":
-            return reps.amax(dim=1), torch.full(reps.shape[:2], 1.0 / reps.shape[1], device=reps.device)
+            return votes.amax(dim=1), torch.full(votes.shape[:2], 1.0 / votes.shape[1], device=votes.device)
         if self.fusion == "average":
-            return reps.mean(dim=1), torch.full(reps.shape[:2], 1.0 / reps.shape[1], device=reps.device)
-        alpha = self.score(reps).squeeze(-1).softmax(dim=1)  # Eq. 12, (B, J)
-        return (alpha[..., None] * reps).sum(dim=1), alpha
+            return votes.mean(dim=1), torch.full(votes.shape[:2], 1.0 / votes.shape[1], device=votes.device)
+        alpha = self.score(votes).squeeze(-1).softmax(dim=1)  # Eq. 12, (B, J)
+        return (alpha[..., None] * votes).sum(dim=1), alpha
 
 
 class Ensemble(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        m, h, c = len(config.modalities), config.hidden, config.num_classes
-        self.fusion = MemberFusion(m * h, config.fusion)
-        self.head = classifier(m * h + m * c, h, c, config.dropout)  # f_ens of Eq. 13
+        c = config.num_classes
+        self.fusion = MemberFusion(2 * c, config.fusion)
+        self.head = nn.Linear(2 * c, c)  # f_ens of Eq. 13
+        with torch.no_grad():  # it starts as the fused L_full, and learns from there what the pair evidence adds
+            self.head.weight.zero_()
+            self.head.weight[:, :c] = torch.eye(c)
+            self.head.bias.zero_()
 
-    def forward(self, reps: torch.Tensor, without_logits: torch.Tensor) -> torch.Tensor:
-        """reps (B, J, M*h), without (B, M, C) -> ensemble logits (B, C)."""
-        fused, _ = self.fusion(reps)
-        return self.head(torch.cat([fused, pair_evidence(without_logits)], dim=-1))
+    @staticmethod
+    def vote(full_logits: torch.Tensor, without_logits: torch.Tensor) -> torch.Tensor:
+        """One member's V^j = [L_full; E_key]: (B, C), (B, M, C) -> (B, 2C)."""
+        return torch.cat([full_logits, pair_evidence(without_logits)], dim=-1)
+
+    def forward(self, votes: torch.Tensor) -> torch.Tensor:
+        """votes (B, J, 2C) -> ensemble logits (B, C)."""
+        fused, _ = self.fusion(votes)
+        return self.head(fused)
 
 
 def switch(key_missing: torch.Tensor, ensemble_logits: torch.Tensor, full_logits: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,13 @@ class Layout(nn.Module):
         return Masks(present=present, observed=observed, missing_slots=missing_slots,
                      recovered_valid=observed | missing_slots)
 
+    def slots_of(self, modalities: list[int]) -> torch.Tensor:
+        """The slot indices (T',) of the given modalities, in layout order."""
+        keep = torch.zeros(self.total, dtype=torch.bool, device=self.segment.device)
+        for j in modalities:
+            keep |= self.segment == j
+        return keep.nonzero().squeeze(1)
+
     def pool(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Masked mean of each modality's slots, concatenated: (B, T, h), (B, T) -> (B, M * h)."""
         pooled = []

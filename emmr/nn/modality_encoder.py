@@ -1,6 +1,7 @@
 """Eq. 1-2: per-modality projection and multi-head self-attention, then concatenation along time.
 
 Eq. 1:  P_m = X_m W_m (no bias);  Z_m = LayerNorm(P_m + MHA(P_m, P_m, P_m; key padding mask of m))
+        or, with `norm_first` (the default, docs/model.md), Z_m = P_m + MHA(LN(P_m), LN(P_m), LN(P_m); mask)
 Eq. 2:  Z = [Z_v; Z_a; Z_t] along time, (B, T, h); padded and missing steps are zero.
 """
 
@@ -15,11 +16,12 @@ from emmr.config import ModelConfig
 class ModalityEncoder(nn.Module):
     """Eq. 1 for one modality."""
 
-    def __init__(self, dim: int, hidden: int, heads: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, heads: int, dropout: float, norm_first: bool = True):
         super().__init__()
         self.project = nn.Linear(dim, hidden, bias=False)  # W_m
         self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(hidden)
+        self.norm_first = norm_first
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """x (B, L, d), valid (B, L) -> (B, L, h), zero where not valid."""
@@ -27,8 +29,10 @@ class ModalityEncoder(nn.Module):
         # A row with no valid step (missing modality) would attend to nothing and give NaN: let it attend to
         # its (zero) steps and zero the result afterwards.
         key_padding = ~valid & valid.any(dim=1, keepdim=True)
-        a, _ = self.attention(p, p, p, key_padding_mask=key_padding, need_weights=False)
-        return self.norm(p + a) * valid[..., None].to(p.dtype)
+        q = self.norm(p) if self.norm_first else p
+        a, _ = self.attention(q, q, q, key_padding_mask=key_padding, need_weights=False)
+        z = p + a if self.norm_first else self.norm(p + a)
+        return z * valid[..., None].to(p.dtype)
 
 
 class SequenceEncoder(nn.Module):
@@ -37,7 +41,8 @@ class SequenceEncoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.encoders = nn.ModuleList(
-            ModalityEncoder(m.dim, config.hidden, config.heads, config.dropout) for m in config.modalities
+            ModalityEncoder(m.dim, config.hidden, config.heads, config.dropout, config.norm_first)
+            for m in config.modalities
         )
 
     def forward(self, features: list[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:

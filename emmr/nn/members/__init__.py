@@ -1,7 +1,12 @@
 """The three encoder-decoder members (Eq. 5-7) and their registry.
 
-Every member maps the concatenated sequence Z_in (B, T, h) (Eq. 2 plus slot embeddings; zeros at missing
-slots) to a decoded sequence of the same shape, from which recovery takes the missing segment.
+Every member has two passes over the concatenated sequence (Eq. 2 plus slot embeddings):
+- `reconstruct(z_in, z, masks)`: from the observed slots (zeros at missing ones) to a decoded sequence
+  (B, T, h) in the space of Eq. 1-2, from which recovery takes the missing segment (Section 3.6) and which the
+  backward loss compares with the complete record (Eq. 17-18);
+- `represent(r_in, r, valid)`: the member's encoding of the *recovered* full input (B, T, h), which its full
+  head classifies (Eq. 8, and Eq. 13's F): the member's own weights shape every prediction it makes, on complete
+  records too.
 """
 
 from __future__ import annotations

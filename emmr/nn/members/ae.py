@@ -1,4 +1,8 @@
-"""Eq. 5: the AE member, a per-step fully connected autoencoder h-256-128-64-128-256-h (paper sizes)."""
+"""Eq. 5: the AE member, a per-step fully connected autoencoder h-256-128-64-128-256-h (paper sizes).
+
+Both passes are the autoencoder step by step, with the record context (members/context.py): over the observed
+slots it reconstructs the record; over the recovered input its output is the member's representation.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ class AutoencoderMember(nn.Module):
         super().__init__()
         self.encoder, self.decoder = mlp_autoencoder(config.hidden, config.ae_dims, config.dropout)
 
-    def forward(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
+    def reconstruct(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
         """(B, T, h) -> (B, T, h), step by step (Eq. 5)."""
         return self.decoder(self.encoder(with_context(z_in, z, masks.observed)))
+
+    def represent(self, r_in: torch.Tensor, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(with_context(r_in, r, valid)))

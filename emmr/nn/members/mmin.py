@@ -1,9 +1,11 @@
-"""Eq. 6: the MMIN member, a cascade of residual autoencoders (Zhao et al., 2021) whose latents are
-concatenated and projected back to h.
+"""Eq. 6: the MMIN member, the cascade residual autoencoder of MMIN (Zhao, Li and Jin, ACL 2021), with the
+same layer settings as the AE member (h-256-128-64-128-256-h per block in the paper).
 
-Block k reads x_k = x_0 + sum_{i<k} out_i (the residual cascade) and gives (latent_k, out_k); the member's
-decoded sequence is W_p [latent_1; ...; latent_K]. Per step, like the AE member, with the record context.
-The last block's output would feed nothing, so the last block has an encoder only.
+Block k reads x_k = x_0 + sum_{i<k} out_i (x_0 the input, out_i block i's output) and gives (latent_k, out_k).
+- reconstruct: D = x_0 + sum_k out_k, the imagined complete input (MMIN's reconstruction);
+- represent: E^MMIN = W_p [latent_1; ...; latent_K] of the cascade over the recovered input, the joint
+  representation MMIN classifies from, projected to h.
+Per step, like the AE member, with the record context.
 """
 
 from __future__ import annotations
@@ -20,17 +22,22 @@ from emmr.nn.members.context import with_context
 class MMINMember(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        pairs = [mlp_autoencoder(config.hidden, config.mmin_dims, config.dropout) for _ in range(config.mmin_blocks)]
+        pairs = [mlp_autoencoder(config.hidden, config.ae_dims, config.dropout) for _ in range(config.mmin_blocks)]
         self.encoders = nn.ModuleList(e for e, _ in pairs)
-        self.decoders = nn.ModuleList(d for _, d in pairs[:-1])
-        self.project = nn.Linear(config.mmin_blocks * config.mmin_dims[-1], config.hidden)  # W_p
+        self.decoders = nn.ModuleList(d for _, d in pairs)
+        self.project = nn.Linear(config.mmin_blocks * config.ae_dims[-1], config.hidden)  # W_p
 
-    def forward(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
-        x0 = with_context(z_in, z, masks.observed)
+    def cascade(self, x0: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x0 (B, T, h) -> (D = x0 + sum of the blocks' outputs (B, T, h), latents K x (B, T, l))."""
         x, latents = x0, []
-        for k, enc in enumerate(self.encoders):
+        for enc, dec in zip(self.encoders, self.decoders):
             latent = enc(x)  # (B, T, l)
             latents.append(latent)
-            if k < len(self.decoders):
-                x = x + self.decoders[k](latent)  # residual cascade: x_{k+1} = x_0 + sum of outputs so far
-        return self.project(torch.cat(latents, dim=-1))  # (B, T, h)
+            x = x + dec(latent)  # x_{k+1} = x_0 + sum of the outputs so far
+        return x, latents
+
+    def reconstruct(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
+        return self.cascade(with_context(z_in, z, masks.observed))[0]
+
+    def represent(self, r_in: torch.Tensor, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat(self.cascade(with_context(r_in, r, valid))[1], dim=-1))

@@ -1,8 +1,8 @@
 """Eq. 7: the TF member, a one-layer Transformer encoder and decoder (FFN width 1200 in the paper).
 
-The encoder reads the observed slots; the decoder's queries are every slot that counts after recovery
-(observed and missing), and it cross-attends to the encoder output. The decoded missing slots are the
-reconstruction.
+reconstruct: the encoder reads the observed slots; the decoder's queries are every slot that counts after
+recovery (observed and missing) and cross-attend to the encoder output; the decoded missing slots are the
+reconstruction. represent: the same encoder over the recovered full input, every slot valid (F).
 """
 
 from __future__ import annotations
@@ -18,12 +18,17 @@ class TransformerMember(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         h = config.hidden
-        self.encoder = nn.TransformerEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True)
-        self.decoder = nn.TransformerDecoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
+                                                  norm_first=config.norm_first)
+        self.decoder = nn.TransformerDecoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
+                                                  norm_first=config.norm_first)
 
-    def forward(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
+    def reconstruct(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
         """(B, T, h) -> (B, T, h)."""
         memory = self.encoder(z_in, src_key_padding_mask=~masks.observed)  # (B, T, h)
-        return self.decoder(
-            z_in, memory, tgt_key_padding_mask=~masks.recovered_valid, memory_key_padding_mask=~masks.observed
-        )
+        return self.decoder(z_in, memory, tgt_key_padding_mask=~masks.recovered_valid,
+                            memory_key_padding_mask=~masks.observed)
+
+    def represent(self, r_in: torch.Tensor, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T, h) -> F (B, T, h)."""
+        return self.encoder(r_in, src_key_padding_mask=~valid)
