@@ -4,7 +4,8 @@ When dev both selects (early stopping, and any setting chosen by its dev scores)
 optimistic. Cross-fitting splits dev by video into two halves; the models selected on one half score the
 other, then the halves swap. Pooled, every dev record is scored by a model whose selection never saw it (or
 any record of its video), with the same evaluation masks as the dev figure, so the two figures compare
-directly. Training data and everything else stay the same.
+directly. Training data and everything else stay the same. On real data the key-missing flag is scored against
+the key truth of the frozen full-modality network trained beside the models that score the record.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from dataclasses import replace
 
 import numpy as np
+import torch
 
 from emmr.batch import ModalityBatch
 from emmr.config import ModelConfig
@@ -40,6 +42,24 @@ def video_halves(ids: np.ndarray, video_of: dict[str, str], seed: int) -> np.nda
     half = np.ones(len(uniq), dtype=np.int64)
     half[order[:first]] = 0
     return half[inverse.reshape(-1)]
+
+
+def _crossed_truth(dev: ModalityBatch, dev_table, half: np.ndarray, trained, model_cfg: ModelConfig,
+                   cfg: TrainConfig) -> np.ndarray | None:
+    """The key truth of each record from the frozen teacher of the models that score it (the other half's)."""
+    from emmr.compare import evaluation_truth
+
+    parts = {}
+    for h in (0, 1):
+        rows = np.flatnonzero(half == h)
+        parts[h] = evaluation_truth(dev_table.take(rows), trained[1 - h], dev.take(rows), model_cfg.modality_names,
+                                    torch.device(cfg.device))
+        if parts[h] is None:
+            return None
+    truth = np.zeros((len(dev), len(model_cfg.modalities)), dtype=bool)
+    for h, part in parts.items():
+        truth[half == h] = part
+    return truth
 
 
 class CrossFitScorer:
@@ -88,9 +108,10 @@ def cross_fitted(train: ModalityBatch, dev: ModalityBatch, dev_table, video_of: 
         half_of = dict(zip(dev.ids.tolist(), half.tolist()))
         trained = [train_methods(train, dev.take(np.flatnonzero(half == h)), model_cfg, cfg, methods, progress,
                                  out_dir, tag=f"-half{h}") for h in (0, 1)]
+        truth = _crossed_truth(dev, dev_table, half, trained, model_cfg, cfg)
         for method in methods:
-            scorer = CrossFitScorer((trained[0][method][0], trained[1][method][0]), half_of)
-            res = evaluate(scorer, dev, dev_table, rates=rates, seeds=[seed])
+            scorer = CrossFitScorer((trained[0].scorers[method][0], trained[1].scorers[method][0]), half_of)
+            res = evaluate(scorer, dev, dev_table, rates=rates, seeds=[seed], truth=truth)
             runs[method] += res["runs"]
             log.info("seed %d %s cross-fitted (halves of %d and %d records): accuracy by rate %s", seed, method,
                      int((half == 0).sum()), int((half == 1).sum()),

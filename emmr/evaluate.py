@@ -98,12 +98,15 @@ def _oracle_comparison(model: dict, oracle_pred, oracle_score, flag, labels, mis
 
 
 def evaluate(scorer: Scorer, batch: ModalityBatch, table: pa.Table, rates=DEFAULT_RATES, seeds=range(5),
-             probs: np.ndarray | None = None) -> dict:
-    """-> {"runs": [...], "by_rate": {rate: {metric: {"mean", "std", "values"}}}}."""
+             probs: np.ndarray | None = None, truth: np.ndarray | None = None) -> dict:
+    """-> {"runs": [...], "by_rate": {rate: {metric: {"mean", "std", "values"}}}}.
+
+    `truth` (N, M) bool: the key modalities to score the flag against, when the table carries none (real data:
+    the frozen teacher's, emmr.compare.evaluation_truth)."""
     if (batch.labels < 0).any():
         raise ValueError(f"evaluation needs labels; record {batch.ids[np.argmax(batch.labels < 0)]!r} has none")
     names = scorer.config.modality_names
-    truth = key_truth(table, names)
+    truth = key_truth(table, names) if truth is None else truth
     synth_truth = SynthTruth.from_table(table, names)
     runs = []
     for rate, seed, drop in protocol_masks(batch.present(), rates, seeds, probs):

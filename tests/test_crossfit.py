@@ -73,6 +73,8 @@ def test_compare_cross_fit_writes_dev_and_cross_fitted_tables(mosi_like, tmp_pat
     assert dev["test"] == dev["val"] == str(mosi_like / "dev") and crossed["cross_fitted"] is True
     for res in (dev, crossed):
         assert list(res["methods"]["tf"]["by_rate"]) == ["0", "0.5"]
+        # real data carry no key columns: the flag is scored against the frozen teacher's key modalities
+        assert {"flag_precision", "flag_recall", "flag_auroc", "key_truth_rate"} <= set(res["methods"]["tf"]["runs"][1])
         assert all(0 <= r["accuracy"] <= 1 for r in res["methods"]["tf"]["runs"])
         assert sum(map(sum, res["methods"]["tf"]["by_rate"]["0"]["confusion"])) == 6  # every dev record, once
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["tf-seed0", "tf-seed0-half0", "tf-seed0-half1"]
