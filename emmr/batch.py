@@ -55,6 +55,38 @@ class ModalityBatch:
         return ModalityBatch(ids=self.ids, features=features, lengths=lengths, labels=self.labels)
 
 
+@dataclass(frozen=True)
+class Bucket:
+    """Rows of a batch scored together, and the steps each modality keeps for them."""
+
+    rows: np.ndarray  # (b,) int64 indices into the batch
+    lens: tuple[int, ...]  # steps per modality: the longest among the rows, max_len where a row misses it
+
+
+def length_buckets(lengths: np.ndarray, max_lens: tuple[int, ...], rows: int) -> list[Bucket]:
+    """Cut a batch into buckets of at most `rows` rows whose lengths are alike, so that the model computes about the
+    steps the records have rather than every modality's max_len (emmr/nn/layout.py: trimmed layouts).
+
+    lengths (B, M), 0 = missing. Rows are grouped by the modalities they miss (a missing modality keeps all of its
+    max_len steps: recovery fills them), then sorted by their longest modality's length, then by the total, and cut
+    in order. Every row is in exactly one bucket."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    top = np.asarray(max_lens, dtype=np.int64)
+    missing = lengths == 0  # (B, M)
+    slots = np.where(missing, top, lengths)  # (B, M): the slots each row needs
+    pattern = missing.astype(np.int64) @ (1 << np.arange(lengths.shape[1], dtype=np.int64))  # (B,)
+    longest = int(np.argmax(top))
+    order = np.lexsort((slots.sum(axis=1), slots[:, longest], pattern))
+    out = []
+    for p in np.unique(pattern):
+        group = order[pattern[order] == p]
+        for start in range(0, len(group), rows):
+            idx = np.sort(group[start : start + rows])  # ascending rows: gathers read memory in order
+            lens = np.where(missing[idx].any(axis=0), top, lengths[idx].max(axis=0))
+            out.append(Bucket(idx, tuple(int(n) for n in lens)))
+    return out
+
+
 def concat_batches(batches: list[ModalityBatch]) -> ModalityBatch:
     """Several ModalityBatches of the same modalities (and max lengths) as one."""
     if len(batches) == 1:

@@ -85,15 +85,15 @@ def test_recovery_replaces_only_the_missing_segment():
 
 def test_eq8_eq9_heads_read_the_right_modalities():
     torch.manual_seed(0)
-    layout = Layout(TINY)
-    heads = ConsistencyHeads(TINY, layout).eval()
+    layout = Layout(TINY).full()
+    heads = ConsistencyHeads(TINY).eval()
     x = torch.randn(1, layout.total, 4)
     valid = torch.ones(1, layout.total, dtype=torch.bool)
-    full, without = heads.forward_full(x, valid), heads.forward_without(x, valid)
+    full, without = heads.forward_full(x, valid, layout), heads.forward_without(x, valid, layout)
     assert full.shape == (1, 3) and without.shape == (1, 3, 3)
     changed = x.clone()
     changed[0, 2] += 0.5  # change modality a (slot 2) only
-    full2, without2 = heads.forward_full(changed, valid), heads.forward_without(changed, valid)
+    full2, without2 = heads.forward_full(changed, valid, layout), heads.forward_without(changed, valid, layout)
     torch.testing.assert_close(without2[:, 1], without[:, 1])  # L_without_a never reads a
     assert not torch.allclose(without2[:, 0], without[:, 0]) and not torch.allclose(full2, full)
 
@@ -101,7 +101,7 @@ def test_eq8_eq9_heads_read_the_right_modalities():
 def test_attention_head_is_fc_of_mha_pooled_per_modality_by_hand():
     """Eq. 8-9 FC(MHA(I)): with identity projections and one valid step per modality, attention mixes the
     steps by softmax(q.k) weights; the head pools per modality and applies the classifier."""
-    head = AttentionHead(torch.tensor([0, 1]), hidden=2, heads=1, classes=2, dropout=0.0, norm_first=False).eval()
+    head = AttentionHead(2, hidden=2, heads=1, classes=2, dropout=0.0, norm_first=False).eval()
     with torch.no_grad():
         head.attention.in_proj_weight.copy_(torch.eye(2).repeat(3, 1))
         head.attention.in_proj_bias.zero_()
@@ -113,7 +113,7 @@ def test_attention_head_is_fc_of_mha_pooled_per_modality_by_hand():
         lin2.weight.copy_(torch.eye(2))
         lin2.bias.zero_()
     x = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # slot 0 = modality 0, slot 1 = modality 1
-    out = head(x, torch.ones(1, 2, dtype=torch.bool))
+    out = head(x, torch.ones(1, 2, dtype=torch.bool), torch.tensor([0, 1]))
     q = x[0].numpy()
     w = np.exp(q @ q.T / math.sqrt(2))
     w /= w.sum(axis=1, keepdims=True)
@@ -224,12 +224,12 @@ def test_eq15_to_eq18_masked_means_and_eq14():
 
 def test_attention_head_pre_ln_keeps_the_residual_unnormalised():
     """norm_first: y = x + MHA(LN(x)); with the attention's output projection zero, y = x exactly."""
-    head = AttentionHead(torch.tensor([0, 1]), hidden=2, heads=1, classes=2, dropout=0.0, norm_first=True).eval()
+    head = AttentionHead(2, hidden=2, heads=1, classes=2, dropout=0.0, norm_first=True).eval()
     with torch.no_grad():
         head.attention.out_proj.weight.zero_()
         head.attention.out_proj.bias.zero_()
     x = torch.tensor([[[3.0, -1.0], [10.0, 20.0]]])
     pooled = []
     head.classify.register_forward_hook(lambda m, i, o: pooled.append(i[0]))
-    head(x, torch.ones(1, 2, dtype=torch.bool))
+    head(x, torch.ones(1, 2, dtype=torch.bool), torch.tensor([0, 1]))
     torch.testing.assert_close(pooled[0], x.reshape(1, -1))  # the step magnitudes reach the classifier

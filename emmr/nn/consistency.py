@@ -24,32 +24,30 @@ from torch import nn
 
 from emmr.config import ModelConfig
 from emmr.nn.heads import AttentionHead
-from emmr.nn.layout import Layout
+from emmr.nn.layout import SlotLayout
 
 
 class ConsistencyHeads(nn.Module):
-    """One member's L_full (Eq. 8) and L_without_k for every k (Eq. 9)."""
+    """One member's L_full (Eq. 8) and L_without_k for every k (Eq. 9), over the slots of a batch's layout."""
 
-    def __init__(self, config: ModelConfig, layout: Layout):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         m, h, c = len(config.modalities), config.hidden, config.num_classes
-        self.full = AttentionHead(layout.segment, h, config.heads, c, config.dropout, config.norm_first)  # Eq. 8
-        self.without = nn.ModuleList()
-        for k in range(m):  # Eq. 9
-            slots = layout.slots_of([j for j in range(m) if j != k])
-            self.register_buffer(f"slots_{k}", slots, persistent=False)
-            self.without.append(AttentionHead(layout.segment[slots], h, config.heads, c, config.dropout, config.norm_first))
+        self.full = AttentionHead(m, h, config.heads, c, config.dropout, config.norm_first)  # Eq. 8
+        self.without = nn.ModuleList(AttentionHead(m - 1, h, config.heads, c, config.dropout, config.norm_first)
+                                     for _ in range(m))  # Eq. 9
 
-    def forward_full(self, encoded: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward_full(self, encoded: torch.Tensor, valid: torch.Tensor, layout: SlotLayout) -> torch.Tensor:
         """F (B, T, h), valid (B, T) -> L_full (B, C)."""
-        return self.full(encoded, valid)
+        return self.full(encoded, valid, layout.segment)
 
-    def forward_without(self, recovered: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward_without(self, recovered: torch.Tensor, valid: torch.Tensor, layout: SlotLayout) -> torch.Tensor:
         """I (B, T, h), valid (B, T) -> L_without (B, M, C)."""
         out = []
         for k, head in enumerate(self.without):
-            slots = getattr(self, f"slots_{k}")
-            out.append(head(recovered[:, slots], valid[:, slots]))
+            slots = layout.slots_of([j for j in range(len(self.without)) if j != k])
+            segments = layout.segment[slots]
+            out.append(head(recovered[:, slots], valid[:, slots], segments - (segments > k).long()))
         return torch.stack(out, dim=1)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from emmr.config import ModelConfig
 from emmr.nn.consistency import Check, ConsistencyHeads, check
 from emmr.nn.ensemble import Ensemble, switch
-from emmr.nn.layout import Layout, Masks
+from emmr.nn.layout import Layout, Masks, SlotLayout
 from emmr.nn.members import build_member
 from emmr.nn.modality_encoder import SequenceEncoder
 from emmr.nn.recovery import recover
@@ -63,7 +63,7 @@ class EMMR(nn.Module):
         self.encoder = SequenceEncoder(config)  # Eq. 1-2
         self.slots = SlotEmbedding(self.layout.total, config.hidden)
         self.members = nn.ModuleDict({name: build_member(name, config) for name in config.members})  # Eq. 5-7
-        self.heads = nn.ModuleDict({name: ConsistencyHeads(config, self.layout) for name in config.members})  # Eq. 8-9
+        self.heads = nn.ModuleDict({name: ConsistencyHeads(config) for name in config.members})  # Eq. 8-9
         self.ensemble = Ensemble(config) if config.ensemble else None  # Eq. 10-13
         self.register_buffer("flag_threshold", torch.tensor(0.5))  # chosen on validation (emmr/flag.py)
         self.backbone_frozen = False
@@ -90,36 +90,51 @@ class EMMR(nn.Module):
                 module.eval()
         return self
 
-    def embed(self, features: list[torch.Tensor], lengths: torch.Tensor) -> tuple[torch.Tensor, Masks]:
-        masks = self.layout.masks(lengths)
+    def layout_of(self, features: list[torch.Tensor], lengths: torch.Tensor) -> SlotLayout:
+        """The batch's slots: modality m has features[m].shape[1] of them. Shorter than max_len_m only when no row
+        misses m (a missing modality is recovered at all of its max_len slots); checked on the CPU, where it is free
+        (emmr/scorer.py makes its batches so)."""
+        layout = self.layout.trimmed(tuple(x.shape[1] for x in features))
+        if lengths.device.type == "cpu":
+            for j, (n, top) in enumerate(zip(layout.lens, self.layout.max_lens)):
+                if n < top and bool((lengths[:, j] == 0).any()):
+                    raise ValueError(f"modality {self.config.modalities[j].name!r} has {n} of its {top} steps in this "
+                                     "batch, but a record misses it: recovery needs all of them")
+        return layout
+
+    def embed(self, features: list[torch.Tensor], lengths: torch.Tensor,
+              layout: SlotLayout | None = None) -> tuple[torch.Tensor, Masks]:
+        """Eq. 1-2 over the batch's slots (layout_of when not given) -> (Z (B, T, h), masks)."""
+        masks = (layout or self.layout_of(features, lengths)).masks(lengths)
         return self.encoder(features, masks.observed), masks
 
-    def run_member(self, name: str, z: torch.Tensor, masks: Masks) -> MemberRun:
+    def run_member(self, name: str, z: torch.Tensor, masks: Masks, layout: SlotLayout) -> MemberRun:
         """Every pass of member `name` on every row."""
         member, heads = self.members[name], self.heads[name]
-        decoded = member.reconstruct(self.slots(z), z, masks)
+        decoded = member.reconstruct(self.slots(z, layout.index), z, masks)
         recovered = recover(z, decoded, masks.missing_slots)  # Section 3.6
-        encoded = member.represent(self.slots(recovered), recovered, masks.recovered_valid)
-        return MemberRun(decoded, recovered, encoded, heads.forward_full(encoded, masks.recovered_valid),
-                         heads.forward_without(recovered, masks.recovered_valid))
+        encoded = member.represent(self.slots(recovered, layout.index), recovered, masks.recovered_valid)
+        return MemberRun(decoded, recovered, encoded, heads.forward_full(encoded, masks.recovered_valid, layout),
+                         heads.forward_without(recovered, masks.recovered_valid, layout))
 
     def forward(self, features: list[torch.Tensor], lengths: torch.Tensor, mode: str | None = None) -> EMMROutput:
-        """features: per modality (B, L_m, d_m); lengths (B, M) -> EMMROutput."""
+        """features: per modality (B, L_m, d_m), L_m at most max_len_m (see layout_of); lengths (B, M) -> EMMROutput."""
         mode = mode or ("flagged" if not self.training else "all" if self.backbone_frozen else "backbone")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "flagged":
             return self._infer(features, lengths)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            z, masks = self.embed(features, lengths)
-            base = self.run_member(self.backbone, z, masks)
+            layout = self.layout_of(features, lengths)
+            z, masks = self.embed(features, lengths, layout)
+            base = self.run_member(self.backbone, z, masks, layout)
         chk = check(base.full_logits, base.without_logits, masks.missing, self.flag_threshold)
         runs = {self.backbone: base}
         if mode == "backbone" or self.ensemble is None:
             return EMMROutput(base.full_logits, base.full_logits, base.without_logits, chk,
                               torch.zeros_like(chk.key_missing), masks, runs)
         for name in self.config.members[1:]:
-            runs[name] = self.run_member(name, z, masks)
+            runs[name] = self.run_member(name, z, masks, layout)
         votes = torch.stack([Ensemble.vote(r.full_logits, r.without_logits) for r in runs.values()], dim=1)
         ensemble_logits = self.ensemble(votes)
         logits = switch(chk.key_missing, ensemble_logits, base.full_logits)  # Eq. 13
@@ -128,7 +143,8 @@ class EMMR(nn.Module):
 
     def _infer(self, features: list[torch.Tensor], lengths: torch.Tensor) -> EMMROutput:
         """Mode "flagged": only the work each row needs."""
-        z, masks = self.embed(features, lengths)
+        layout = self.layout_of(features, lengths)
+        z, masks = self.embed(features, lengths, layout)
         backbone, heads = self.members[self.backbone], self.heads[self.backbone]
         c = self.config.num_classes
         recovered = z
@@ -136,12 +152,13 @@ class EMMR(nn.Module):
         without = z.new_zeros(len(z), len(self.config.modalities), c)
         if incomplete.numel():
             sub_z, sub_masks = z[incomplete], masks.take(incomplete)
-            decoded = backbone.reconstruct(self.slots(sub_z), sub_z, sub_masks)
+            decoded = backbone.reconstruct(self.slots(sub_z, layout.index), sub_z, sub_masks)
             recovered = z.clone()
             recovered[incomplete] = recover(sub_z, decoded.to(z.dtype), sub_masks.missing_slots)  # Section 3.6
-            without[incomplete] = heads.forward_without(recovered[incomplete], sub_masks.recovered_valid).to(z.dtype)
-        encoded = backbone.represent(self.slots(recovered), recovered, masks.recovered_valid)
-        full = heads.forward_full(encoded, masks.recovered_valid)
+            without[incomplete] = heads.forward_without(recovered[incomplete], sub_masks.recovered_valid,
+                                                        layout).to(z.dtype)
+        encoded = backbone.represent(self.slots(recovered, layout.index), recovered, masks.recovered_valid)
+        full = heads.forward_full(encoded, masks.recovered_valid, layout)
         chk = check(full, without, masks.missing, self.flag_threshold)
         logits = full.clone()
         rows = chk.key_missing.nonzero().squeeze(1)  # only the flagged rows meet the other members
@@ -149,7 +166,7 @@ class EMMR(nn.Module):
             sub_z, sub_masks = z[rows], masks.take(rows)
             votes = [Ensemble.vote(full[rows], without[rows])]
             votes += [Ensemble.vote(r.full_logits, r.without_logits)
-                      for r in (self.run_member(n, sub_z, sub_masks) for n in self.config.members[1:])]
+                      for r in (self.run_member(n, sub_z, sub_masks, layout) for n in self.config.members[1:])]
             logits[rows] = self.ensemble(torch.stack(votes, dim=1)).to(logits.dtype)  # Eq. 13
         used = chk.key_missing if self.ensemble is not None else torch.zeros_like(chk.key_missing)
         return EMMROutput(logits, full, without, chk, used, masks)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from emmr.nn.attention import attend
+
 
 def classifier(in_dim: int, hidden: int, classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, classes))
@@ -25,23 +27,21 @@ def segment_mean(x: torch.Tensor, valid: torch.Tensor, segments: torch.Tensor, c
 
 
 class AttentionHead(nn.Module):
-    """FC(MHA(I)) over the slots of `modalities` (Eq. 8 with every modality, Eq. 9 with all but one)."""
+    """FC(MHA(I)) over the slots of `count` modalities (Eq. 8 with every modality, Eq. 9 with all but one)."""
 
-    def __init__(self, segments: torch.Tensor, hidden: int, heads: int, classes: int, dropout: float,
-                 norm_first: bool = True):
+    def __init__(self, count: int, hidden: int, heads: int, classes: int, dropout: float, norm_first: bool = True):
         super().__init__()
-        kept = sorted(set(segments.tolist()))
-        self.count = len(kept)
-        self.register_buffer("segments", torch.searchsorted(torch.tensor(kept), segments), persistent=False)  # (T',)
+        self.count = count
         self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(hidden)
         self.norm_first = norm_first
         self.classify = classifier(self.count * hidden, hidden, classes, dropout)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x (B, T', h), valid (B, T') -> logits (B, C)."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+        """x (B, T', h), valid (B, T'), segments (T',): which of the head's modalities each slot is (0..count-1)
+        -> logits (B, C)."""
         key_padding = ~valid & valid.any(dim=1, keepdim=True)  # a row with nothing valid attends to zeros, no NaN
         q = self.norm(x) if self.norm_first else x
-        a, _ = self.attention(q, q, q, key_padding_mask=key_padding, need_weights=False)
+        a = attend(self.attention, q, q, key_padding)
         y = x + a if self.norm_first else self.norm(x + a)
-        return self.classify(segment_mean(y, valid, self.segments, self.count))
+        return self.classify(segment_mean(y, valid, segments, self.count))

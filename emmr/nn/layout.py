@@ -2,12 +2,15 @@
 
 The concatenated sequence has T = sum_m max_len_m slots; modality m owns slots [offset_m, offset_m + max_len_m).
 A modality of length 0 is missing: all its slots are *missing slots*, which recovery fills (Section 3.6) and
-which count as valid once recovered.
+which count as valid once recovered. A batch may hold fewer slots (a trimmed layout): modality m its first n_m
+steps, where no record of the batch has more than n_m steps of m and none misses m (a missing modality is
+recovered at every one of its max_len slots). The result of every record is the same (within float rounding):
+what is trimmed is padding, which every attention, pooling and head masks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -32,8 +35,54 @@ class Masks:
         return Masks(self.present[index], self.observed[index], self.missing_slots[index], self.recovered_valid[index])
 
 
+@dataclass(frozen=True)
+class SlotLayout:
+    """The slots of one batch: modality m has lens[m] slots, its first lens[m] steps (all of max_len_m when the
+    layout is the model's full one). Scoring trims the slots that no record of a batch fills (emmr/scorer.py)."""
+
+    lens: tuple[int, ...]  # slots per modality
+    segment: torch.Tensor  # (T,) the modality of each slot
+    step: torch.Tensor  # (T,) the step of each slot in its modality
+    index: torch.Tensor  # (T,) the slot's position in the full layout (which slot embedding it has)
+    _slots: dict = field(default_factory=dict, compare=False, repr=False)  # slots_of, cached
+
+    @property
+    def total(self) -> int:
+        return sum(self.lens)
+
+    def masks(self, lengths: torch.Tensor) -> Masks:
+        """lengths (B, M) -> Masks."""
+        present = lengths > 0
+        per_slot_len = lengths[:, self.segment]  # (B, T)
+        observed = self.step[None, :] < per_slot_len
+        missing_slots = ~present[:, self.segment]
+        return Masks(present=present, observed=observed, missing_slots=missing_slots,
+                     recovered_valid=observed | missing_slots)
+
+    def slots_of(self, modalities: list[int]) -> torch.Tensor:
+        """The slot indices (T',) of the given modalities, in layout order (made from `lens` on the host, once)."""
+        key = tuple(sorted(modalities))
+        if key not in self._slots:
+            starts = [sum(self.lens[:j]) for j in range(len(self.lens))]
+            self._slots[key] = torch.tensor([starts[j] + s for j in key for s in range(self.lens[j])],
+                                            dtype=torch.long, device=self.segment.device)
+        return self._slots[key]
+
+    def pool(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Masked mean of each modality's slots, concatenated: (B, T, h), (B, T) -> (B, M * h)."""
+        pooled = []
+        start = 0
+        for n in self.lens:
+            v = valid[:, start : start + n, None].to(z.dtype)  # (B, n, 1)
+            s = (z[:, start : start + n] * v).sum(dim=1)  # (B, h)
+            pooled.append(s / v.sum(dim=1).clamp_min(1.0))
+            start += n
+        return torch.cat(pooled, dim=-1)
+
+
 class Layout(nn.Module):
-    """Slot bookkeeping; a module only so that its index buffers follow the model's device."""
+    """Slot bookkeeping; a module only so that its index buffers follow the model's device. `full()` is the model's
+    layout, `trimmed(lens)` the layout of a batch whose modalities hold fewer slots."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -46,30 +95,31 @@ class Layout(nn.Module):
             step += list(range(n))
         self.register_buffer("segment", torch.tensor(seg, dtype=torch.long), persistent=False)  # (T,) modality
         self.register_buffer("step", torch.tensor(step, dtype=torch.long), persistent=False)  # (T,) step in it
+        self._trimmed: dict = {}
+
+    def full(self) -> SlotLayout:
+        return self.trimmed(tuple(self.max_lens))
+
+    def trimmed(self, lens: tuple[int, ...]) -> SlotLayout:
+        """The layout with lens[m] slots for modality m (each at most its max_len); cached per lens and device."""
+        lens = tuple(int(n) for n in lens)
+        key = (lens, self.segment.device)
+        if key not in self._trimmed:
+            if len(lens) != len(self.max_lens) or any(not 0 <= n <= top for n, top in zip(lens, self.max_lens)):
+                raise ValueError(f"slots per modality {lens}: expected {len(self.max_lens)} counts, each at most "
+                                 f"{self.max_lens}")
+            starts = [sum(self.max_lens[:j]) for j in range(len(lens))]
+            index = torch.tensor([starts[j] + s for j, n in enumerate(lens) for s in range(n)], dtype=torch.long,
+                                 device=self.segment.device)
+            self._trimmed[key] = SlotLayout(lens, self.segment[index], self.step[index], index)
+        return self._trimmed[key]
 
     def masks(self, lengths: torch.Tensor) -> Masks:
-        """lengths (B, M) -> Masks."""
-        present = lengths > 0
-        per_slot_len = lengths[:, self.segment]  # (B, T)
-        observed = self.step[None, :] < per_slot_len
-        missing_slots = ~present[:, self.segment]
-        return Masks(present=present, observed=observed, missing_slots=missing_slots,
-                     recovered_valid=observed | missing_slots)
+        """lengths (B, M) -> Masks of the full layout."""
+        return self.full().masks(lengths)
 
     def slots_of(self, modalities: list[int]) -> torch.Tensor:
-        """The slot indices (T',) of the given modalities, in layout order."""
-        keep = torch.zeros(self.total, dtype=torch.bool, device=self.segment.device)
-        for j in modalities:
-            keep |= self.segment == j
-        return keep.nonzero().squeeze(1)
+        return self.full().slots_of(modalities)
 
     def pool(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Masked mean of each modality's slots, concatenated: (B, T, h), (B, T) -> (B, M * h)."""
-        pooled = []
-        start = 0
-        for n in self.max_lens:
-            v = valid[:, start : start + n, None].to(z.dtype)  # (B, n, 1)
-            s = (z[:, start : start + n] * v).sum(dim=1)  # (B, h)
-            pooled.append(s / v.sum(dim=1).clamp_min(1.0))
-            start += n
-        return torch.cat(pooled, dim=-1)
+        return self.full().pool(z, valid)

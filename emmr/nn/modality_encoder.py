@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
+from emmr.nn.attention import attend
 
 
 class ModalityEncoder(nn.Module):
@@ -30,7 +31,7 @@ class ModalityEncoder(nn.Module):
         # its (zero) steps and zero the result afterwards.
         key_padding = ~valid & valid.any(dim=1, keepdim=True)
         q = self.norm(p) if self.norm_first else p
-        a, _ = self.attention(q, q, q, key_padding_mask=key_padding, need_weights=False)
+        a = attend(self.attention, q, q, key_padding)  # fused (emmr/nn/attention.py)
         z = p + a if self.norm_first else self.norm(p + a)
         return z * valid[..., None].to(p.dtype)
 

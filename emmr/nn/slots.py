@@ -15,5 +15,6 @@ class SlotEmbedding(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(slots, hidden) * 0.02)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z + self.weight[None]
+    def forward(self, z: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """z (B, T, h) + the embeddings of its slots: all of them, or those at `index` (T,) of a trimmed layout."""
+        return z + (self.weight if index is None or len(index) == len(self.weight) else self.weight[index])[None]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
+from emmr.nn.attention import FusedEncoderLayer
 from emmr.nn.heads import classifier
 from emmr.nn.layout import Layout
 from emmr.nn.modality_encoder import SequenceEncoder
@@ -28,8 +29,8 @@ class FullModalityNetwork(nn.Module):
         h = config.hidden
         self.encoder = SequenceEncoder(config)
         self.slots = SlotEmbedding(self.layout.total, h)
-        self.context = nn.TransformerEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
-                                                  norm_first=config.norm_first)
+        self.context = FusedEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
+                                          norm_first=config.norm_first)
         self.head = classifier(len(config.modalities) * h, h, config.num_classes, config.dropout)
         self.register_buffer("neutral", torch.zeros(len(config.modalities), h))  # (M, h)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
+from emmr.nn.attention import FusedDecoderLayer, FusedEncoderLayer
 from emmr.nn.layout import Masks
 
 
@@ -18,10 +19,10 @@ class TransformerMember(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         h = config.hidden
-        self.encoder = nn.TransformerEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
-                                                  norm_first=config.norm_first)
-        self.decoder = nn.TransformerDecoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
-                                                  norm_first=config.norm_first)
+        self.encoder = FusedEncoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
+                                          norm_first=config.norm_first)
+        self.decoder = FusedDecoderLayer(h, config.heads, config.ffn, config.dropout, batch_first=True,
+                                          norm_first=config.norm_first)
 
     def reconstruct(self, z_in: torch.Tensor, z: torch.Tensor, masks: Masks) -> torch.Tensor:
         """(B, T, h) -> (B, T, h)."""
