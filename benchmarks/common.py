@@ -173,6 +173,34 @@ def random_checkpoint(config: ModelConfig | str, path: str, seed: int = 0) -> st
     return path
 
 
+def flop_counts(scorer, batch) -> dict[str, float]:
+    """FLOPs per record by torch's flop counter (torch's own attention, grad mode on so that its fused inference
+    kernels, which the counter does not see, stay off): the whole batch at max_len, the Scorer's buckets (spent), and
+    every record alone at its own lengths (needed: a missing modality still at max_len, which recovery fills)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from emmr.batch import length_buckets
+    from emmr.nn import attention
+    from emmr.tensors import DeviceInputs
+
+    names = scorer.config.modality_names
+    max_lens = tuple(m.max_len for m in scorer.config.modalities)
+    lengths = np.stack([batch.lengths[n] for n in names], axis=1)
+    inputs = DeviceInputs(scorer.device)
+    features, lengths_t = inputs.put(batch, names)
+    plans = {"max_len": None, "spent": scorer.plan(lengths),
+             "needed": length_buckets(lengths, max_lens, 1)}
+    out = {}
+    for name, plan in plans.items():
+        parts = [(features, lengths_t)] if plan is None else [inputs.bucket(features, lengths_t, b) for b in plan]
+        counter = FlopCounterMode(display=False)
+        with torch.enable_grad(), attention.reference(), counter:
+            for f, l in parts:
+                scorer.model(f, l, mode="flagged")
+        out[name] = counter.get_total_flops() / len(batch)
+    return out
+
+
 def synthetic_batch(config: ModelConfig, records: int, *, missing_rate: float = 0.3, seed: int = 0,
                     chunk: int = 512, truth: bool = False):
     """`records` synthetic input v1 records for `config`'s modalities (one modality missing in `missing_rate`

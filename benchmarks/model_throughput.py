@@ -1,5 +1,15 @@
-"""Model throughput on CPU: records/s of Scorer.score, and what running the ensemble's extra members only on
-the flagged rows saves.
+"""Model throughput on CPU: records/s of Scorer.score against the path before issue #14, and what running the
+ensemble's extra members only on the flagged rows saves.
+
+Issue #14 (`new_over_old`): on the same batch, interleaved,
+  new           Scorer.score as it is: length buckets trimmed to their longest record (emmr.batch.length_buckets),
+                fused attention (scaled_dot_product_attention, emmr/nn/attention.py)
+  old           the path before: the whole batch at every modality's max_len, torch's own attention
+                (Scorer.score(batch, trim=False) under emmr.nn.attention.reference())
+  fused_only    the whole batch at max_len with fused attention; buckets_only: buckets with torch's attention
+Printed: records/s of each, new_over_old (median of per-round ratios of old's seconds over new's), how far the two
+agree (largest probability difference; equal labels and flags), and the FLOPs per record that torch's counter
+counts at max_len, in the buckets (spent) and with each record alone at its own lengths (needed).
 
 For each preset (random weights) and for a trained small model, on synthetic records of which ~30 % miss one
 modality, three variants of the same scoring call take turns (benchmarks/common.py `interleave`):
@@ -39,11 +49,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.common import (calls_for, emit, environment, interleave, median, missing_fraction, note,  # noqa: E402
-                               quartiles, random_checkpoint, ratio, ratios, spread, synthetic_batch, tile,
+from benchmarks.common import (calls_for, emit, environment, flop_counts, interleave, median, missing_fraction,  # noqa: E402
+                               note, quartiles, random_checkpoint, ratio, ratios, spread, synthetic_batch, tile,
                                write_json)
 from emmr import checkpoint  # noqa: E402
 from emmr.config import preset  # noqa: E402
+from emmr.nn import attention  # noqa: E402
 from emmr.nn.emmr import EMMR, EMMROutput  # noqa: E402
 from emmr.scorer import Scorer  # noqa: E402
 
@@ -116,6 +127,54 @@ def measure(tag: str, scorer: Scorer, batch, rounds: int, sample_s: float, resul
     emit(f"missing_fraction_{tag}", fig["missing_fraction"], results)
     emit(f"flagged_fraction_{tag}", flagged, results)
     emit(f"backbone_over_all_members_{tag}", r_backbone, results)
+    return fig
+
+
+def new_over_old(tag: str, scorer: Scorer, batch, rounds: int, sample_s: float, results: dict) -> dict:
+    """Scorer.score (length buckets, fused attention) against the path before issue #14, interleaved on `batch`."""
+
+    def old():
+        with attention.reference():
+            return scorer.score(batch, trim=False)
+
+    def buckets_only():
+        with attention.reference():
+            return scorer.score(batch)
+
+    fns = {"new": lambda: scorer.score(batch), "old": old, "fused_only": lambda: scorer.score(batch, trim=False),
+           "buckets_only": buckets_only}
+    want, got = old(), scorer.score(batch)
+    agree = {"max_abs_probability_difference": float(np.abs(got.probabilities - want.probabilities).max()),
+             "label_agreement": float((got.label_index == want.label_index).mean()),
+             "flag_agreement": float((got.key_missing == want.key_missing).mean()),
+             "flagged_fraction": float(want.key_missing.mean())}
+    calls = calls_for(fns["new"], sample_s) if sample_s > 0 else 1
+    load_before = os.getloadavg()[0]
+    times = interleave(fns, rounds=rounds, warmup=1, calls=calls)
+    flops = flop_counts(scorer, batch)
+    names = scorer.config.modality_names
+    plan = scorer.plan(np.stack([batch.lengths[n] for n in names], axis=1))
+    fig = {"batch_size": len(batch), "rounds": rounds, "calls_per_sample": calls, "buckets": len(plan),
+           "bucket_rows": [len(b.rows) for b in plan],
+           "load_average_1m": [load_before, os.getloadavg()[0]], "agreement": agree, "flops_per_record": flops,
+           "records_per_s": {k: len(batch) / median(v) for k, v in times.items()}, "seconds": times,
+           **{f"{k}_over_old": ratio(times["old"], v) for k, v in times.items() if k != "old"},
+           "new_over_old_quartiles": quartiles(ratios(times["old"], times["new"]))}
+    q = fig["new_over_old_quartiles"]
+    note(f"{tag} new vs old: batch {len(batch)} in {len(plan)} buckets of {min(fig['bucket_rows'])}-"
+         f"{max(fig['bucket_rows'])} rows, {rounds} rounds of {calls} "
+         f"calls, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; records/s (median) "
+         + ", ".join(f"{k} {v:.1f}" for k, v in fig["records_per_s"].items())
+         + f"; new_over_old quartiles {q[0]:.2f}..{q[1]:.2f}; outputs: " + ", ".join(f"{k} {v:.3g}" for k, v in agree.items()))
+    note(f"{tag} FLOPs per record: at max_len {flops['max_len']:.4g}, spent in buckets {flops['spent']:.4g}, "
+         f"needed (each record at its own lengths) {flops['needed']:.4g}")
+    for k in ("fused_only", "buckets_only"):
+        emit(f"{k}_over_old_{tag}", fig[f"{k}_over_old"], results)
+    emit(f"max_abs_probability_difference_new_vs_old_{tag}", agree["max_abs_probability_difference"], results)
+    emit(f"label_agreement_new_vs_old_{tag}", agree["label_agreement"], results)
+    emit(f"flag_agreement_new_vs_old_{tag}", agree["flag_agreement"], results)
+    emit(f"flops_spent_over_needed_{tag}", flops["spent"] / flops["needed"], results)
+    emit(f"flops_max_len_over_needed_{tag}", flops["max_len"] / flops["needed"], results)
     return fig
 
 
@@ -243,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         rounds = args.rounds if name == "paper" else args.rounds_small
         sample_s = 0.0 if name == "paper" else args.sample_s
         details[name] = measure(name, scorer, batch, rounds, sample_s, results)
+        details[name]["new_over_old"] = new_over_old(name, scorer, batch, rounds, sample_s, results)
         if args.sweep:
             details[name]["batch_sweep"] = batch_sweep(name, scorer, batch, [int(x) for x in args.sweep.split(",")],
                                                        rounds, results)
@@ -272,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         scorer = Scorer.load(args.trained_paper, "cpu")
         batch = synthetic_batch(scorer.config, args.batch_paper, missing_rate=args.missing_rate, seed=2)
         fig = measure("paper_trained", scorer, batch, args.rounds, 0.0, results)
+        fig["new_over_old"] = new_over_old("paper_trained", scorer, batch, args.rounds, 0.0, results)
         fig["accuracy"] = float((scorer.score(batch).label_index == batch.labels).mean())
         fig["checkpoint"] = args.trained_paper
         fig["validation"] = scorer.meta.get("metrics", {}).get("validation")
@@ -287,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in order:
         if name in details:
             emit(f"flagged_only_over_all_members_{name}", details[name]["flagged_only_over_all_members"], results)
+    for name in order:
+        if "new_over_old" in details.get(name, {}):
+            emit(f"new_over_old_{name}", details[name]["new_over_old"]["new_over_old"], results)
     if args.json:
         write_json(args.json, {"results": results, "details": details})
     return 0

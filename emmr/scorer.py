@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from emmr import checkpoint
-from emmr.batch import ModalityBatch, length_buckets
+from emmr.batch import Bucket, ModalityBatch, length_buckets
 from emmr.config import ModelConfig
 from emmr.nn.emmr import EMMR
 from emmr.standardize import Standardizer
@@ -46,15 +46,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-# Rows per length bucket (emmr.batch.length_buckets): small on a CPU, where a bucket's activations then stay in cache
-# (paper preset: 8-16 rows scored 1.3x faster than 64, docs/performance.md), large on a GPU, which wants big batches.
-BUCKET_ROWS = {"cpu": 16, "cuda": 1024}
+# The cost model that chooses length buckets (Scorer.plan): a model call costs CALL_SECONDS (Python, op dispatch,
+# kernel launches) plus its FLOPs at FLOP_RATE. Rough sustained figures (docs/performance.md): on a CPU thread here a
+# paper-size forward runs at about 50 GFLOP/s and a small model's call costs milliseconds whatever its size; on a GPU
+# a forward launches some hundreds of kernels. Small models then score a batch in one call, large ones in buckets of
+# a few records (CPU) or of thousands (GPU), sorted by length.
+CALL_SECONDS = {"cpu": 5e-3, "cuda": 5e-3}
+FLOP_RATE = {"cpu": 50e9, "cuda": 30e12}
+
+
+def flops_per_record(config: ModelConfig, slots: np.ndarray) -> np.ndarray:
+    """About the FLOPs of scoring one record of `slots` slots (an array of slot counts): per slot, the attention
+    blocks' projections and the TF member's feed-forward layer (a few passes each), and per pair of slots, the
+    attention scores of two full-sequence blocks. For the planner's comparisons, not for reporting (the benchmarks
+    count FLOPs with torch's counter)."""
+    h, ffn = config.hidden, config.ffn
+    return 2.0 * (8 * h * h + 2 * h * ffn) * slots + 8.0 * h * slots.astype(np.float64) ** 2
 
 
 class Scorer:
     """A model and what it needs to score: the device, autocast, the training statistics. `score` computes only the
     steps records have: it sorts a batch into buckets of alike lengths and trims each to its longest record
-    (emmr/nn/layout.py); `score(batch, trim=False)` runs the whole batch at every modality's max_len, as before."""
+    (emmr/nn/layout.py), as many buckets as pay for their calls (`plan`); `score(batch, trim=False)` runs the whole
+    batch at every modality's max_len, as before."""
 
     def __init__(self, model: EMMR, meta: dict, device: torch.device, autocast_dtype: torch.dtype | None = None,
                  load_seconds: float = 0.0, standardizer: Standardizer | None = None, bucket_rows: int | None = None):
@@ -62,7 +76,8 @@ class Scorer:
         self.standardizer = standardizer  # the training statistics the weights expect (emmr/standardize.py)
         self.autocast_dtype = autocast_dtype
         self.load_seconds = load_seconds
-        self.bucket_rows = bucket_rows or BUCKET_ROWS.get(device.type, 256)
+        self.bucket_rows = bucket_rows  # None: chosen per batch by the cost model (plan)
+        self.call_seconds, self.flop_rate = CALL_SECONDS.get(device.type, 5e-3), FLOP_RATE.get(device.type, 50e9)
         self._inputs = DeviceInputs(device)
         self._stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # the standardizer's, on the device
 
@@ -95,8 +110,7 @@ class Scorer:
         if self.standardizer is not None:
             features = [self._standardize(x, lengths[:, j], n) for j, (x, n) in enumerate(zip(features, names))]
         if trim:
-            buckets = length_buckets(np.stack([batch.lengths[n] for n in names], axis=1),
-                                     tuple(m.max_len for m in self.config.modalities), self.bucket_rows)
+            buckets = self.plan(np.stack([batch.lengths[n] for n in names], axis=1))
             parts = [self._inputs.bucket(features, lengths, b) for b in buckets]
             order = np.concatenate([b.rows for b in buckets])
         else:
@@ -117,6 +131,24 @@ class Scorer:
         back = np.empty_like(order)
         back[order] = np.arange(len(order))  # bucket order -> the batch's order
         return Scores(**{f: getattr(scores, f)[back] for f in SCORE_FIELDS})
+
+    def plan(self, lengths: np.ndarray) -> list[Bucket]:
+        """The length buckets of a batch (lengths (B, M)): `bucket_rows` rows each when set, else the cheapest plan by
+        the cost model among buckets of 1, 2, 4, ... rows and one bucket of the whole batch."""
+        max_lens = tuple(m.max_len for m in self.config.modalities)
+        if self.bucket_rows:
+            return length_buckets(lengths, max_lens, self.bucket_rows)
+        candidates = [length_buckets(lengths, max_lens, 1 << k) for k in range(max(1, len(lengths) - 1).bit_length())]
+        candidates.append([Bucket(np.arange(len(lengths)), tuple(
+            int(top) if (lengths[:, j] == 0).any() else int(lengths[:, j].max()) for j, top in enumerate(max_lens)))])
+        return min(candidates, key=self.plan_seconds)
+
+    def plan_seconds(self, buckets: list[Bucket]) -> float:
+        """What the cost model expects a plan to take: a call per bucket, and the FLOPs of its rows at its slots."""
+        slots = np.array([sum(b.lens) for b in buckets], dtype=np.float64)
+        rows = np.array([len(b.rows) for b in buckets], dtype=np.float64)
+        flops = float((rows * flops_per_record(self.config, slots)).sum())
+        return len(buckets) * self.call_seconds + flops / self.flop_rate
 
     def _standardize(self, x: torch.Tensor, lengths: torch.Tensor, name: str) -> torch.Tensor:
         """emmr/standardize.py on the device: observed steps shifted and scaled, padding and missing stay zero."""

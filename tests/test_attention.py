@@ -191,3 +191,33 @@ def test_paper_preset_buckets_equal_max_len_scoring():
     scorer = Scorer(model, {"model_version": "test"}, CPU, bucket_rows=2)
     np.testing.assert_allclose(scorer.score(batch).probabilities, scorer.score(batch, trim=False).probabilities,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_layouts_cached_while_scoring_serve_training_afterwards():
+    """Index tensors cached under torch.inference_mode would refuse autograd: a model scored, then trained."""
+    torch.manual_seed(13)
+    model = EMMR(CONFIG.with_(dropout=0.0))
+    batch = batch_of(CONFIG, 10, seed=14)
+    scorer = Scorer(model, {"model_version": "test"}, CPU, bucket_rows=3)
+    scorer.score(batch)
+    scorer.score(batch, trim=False)  # the full layout, as training uses it
+    feats, lengths = lengths_and_features(CONFIG, 10, seed=14)
+    model.train()
+    out = model(feats, lengths, mode="all")
+    out.logits.sum().backward()
+
+
+def test_the_planner_keeps_small_models_in_one_call_and_splits_paper_size_ones():
+    """A call costs milliseconds whatever its size: a small model scores a batch at once; a paper-size record costs
+    more than a call, so its batch is cut into buckets of a few alike records (emmr/scorer.py, the cost model)."""
+    small = Scorer(EMMR(preset("small")), {"model_version": "t"}, CPU)
+    lengths = np.stack([np.random.default_rng(0).integers(0, m.max_len + 1, 256) for m in preset("small").modalities], 1)
+    lengths[lengths.sum(axis=1) == 0, 0] = 1
+    assert len(small.plan(lengths)) == 1
+    paper_config = preset("paper")
+    paper = Scorer(EMMR(paper_config), {"model_version": "t"}, CPU)
+    rng = np.random.default_rng(1)
+    lengths = np.stack([rng.integers(m.max_len // 2, m.max_len + 1, 64) for m in paper_config.modalities], 1)
+    plan = paper.plan(lengths)
+    assert 4 < len(plan) <= 64 and sorted(np.concatenate([b.rows for b in plan]).tolist()) == list(range(64))
+    assert paper.plan_seconds(plan) < paper.plan_seconds(length_buckets(lengths, (100, 150, 25), 64))

@@ -64,8 +64,9 @@ class SlotLayout:
         key = tuple(sorted(modalities))
         if key not in self._slots:
             starts = [sum(self.lens[:j]) for j in range(len(self.lens))]
-            self._slots[key] = torch.tensor([starts[j] + s for j in key for s in range(self.lens[j])],
-                                            dtype=torch.long, device=self.segment.device)
+            with torch.inference_mode(False):  # a cached index must serve training too, not only inference
+                self._slots[key] = torch.tensor([starts[j] + s for j in key for s in range(self.lens[j])],
+                                                dtype=torch.long, device=self.segment.device)
         return self._slots[key]
 
     def pool(self, z: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -109,9 +110,10 @@ class Layout(nn.Module):
                 raise ValueError(f"slots per modality {lens}: expected {len(self.max_lens)} counts, each at most "
                                  f"{self.max_lens}")
             starts = [sum(self.max_lens[:j]) for j in range(len(lens))]
-            index = torch.tensor([starts[j] + s for j, n in enumerate(lens) for s in range(n)], dtype=torch.long,
-                                 device=self.segment.device)
-            self._trimmed[key] = SlotLayout(lens, self.segment[index], self.step[index], index)
+            with torch.inference_mode(False):  # cached: must serve training too, not only inference
+                index = torch.tensor([starts[j] + s for j, n in enumerate(lens) for s in range(n)], dtype=torch.long,
+                                     device=self.segment.device)
+                self._trimmed[key] = SlotLayout(lens, self.segment[index], self.step[index], index)
         return self._trimmed[key]
 
     def masks(self, lengths: torch.Tensor) -> Masks:
