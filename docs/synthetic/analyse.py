@@ -9,7 +9,11 @@ masks `emmr compare` evaluated), per record:
 - controls: TF x 3, the average of the probabilities of the `tf` models of seeds s, s+1, s+2 (an ensemble that
   is not EMMR's), on every record and only where EMMR's check fires; EMMR's ensemble on every record that
   misses a modality (no check);
-- each accuracy beside the Bayes-optimal oracle's on the same records (emmr/oracle.py).
+- each accuracy beside the Bayes-optimal oracle's on the same records (emmr/oracle.py);
+- the flag's AUROC (from metrics.json, beside the oracle's), and against the teacher's key truth (the definition the
+  pair heads are trained for, computed with each seed's frozen teacher on the complete test records);
+- with --table DIR: one comparison table (metrics.md/csv/json, plots) of every method over --table-seeds, merged from
+  the --compare folders.
 
   python docs/synthetic/analyse.py --compare runs/synth/compare --test runs/synth/test --out docs/synthetic/analysis.json
 """
@@ -23,9 +27,13 @@ import re
 import numpy as np
 import torch
 
+from emmr import checkpoint
 from emmr.batch import load_records
-from emmr.evaluate import protocol_masks
+from emmr.evaluate import aggregate, protocol_masks
+from emmr.keytruth import teacher_truth
+from emmr.metrics import auroc
 from emmr.oracle import SynthTruth, oracle_scores
+from emmr.report import write_all
 from emmr.scorer import Scorer
 from emmr.tensors import model_inputs
 
@@ -41,7 +49,7 @@ def sign_p(wins: int, losses: int) -> float:
 
 def predict(scorer: Scorer, batch, mode: str = "flagged") -> dict:
     """Probabilities, labels, flags and, with mode "all", the ensemble's labels on every row."""
-    model, out = scorer.model, {"probs": [], "flag": [], "ensemble": []}
+    model, out = scorer.model, {"probs": [], "flag": [], "score": [], "ensemble": []}
     names = scorer.config.modality_names
     with torch.inference_mode():
         for i in range(0, len(batch), 1024):
@@ -52,6 +60,7 @@ def predict(scorer: Scorer, batch, mode: str = "flagged") -> dict:
             o = model(features, lengths, mode=mode)
             out["probs"].append(o.logits.float().softmax(-1).numpy())
             out["flag"].append(o.check.key_missing.numpy())
+            out["score"].append(o.check.score.float().numpy())
             if o.ensemble_logits is not None:
                 out["ensemble"].append(o.ensemble_logits.argmax(-1).numpy())
     return {k: np.concatenate(v) for k, v in out.items() if v}
@@ -62,6 +71,8 @@ def main() -> None:
     p.add_argument("--compare", nargs="+", required=True, help="output folders of `emmr compare` (checkpoints/ inside)")
     p.add_argument("--test", required=True, help="the test data the comparison was evaluated on")
     p.add_argument("--out", required=True)
+    p.add_argument("--table", help="folder for the merged comparison table of every method")
+    p.add_argument("--table-seeds", type=int, default=5, help="the table's seeds: 0 .. N-1 (default 5)")
     args = p.parse_args()
     torch.set_num_threads(1)
     ckpts = {}
@@ -87,8 +98,15 @@ def main() -> None:
     correct = {k: 0 for k in ("tf", "emmr", "tf3_all", "tf3_flagged", "ensemble_all", "oracle")}
     flagged_correct = {k: 0 for k in ("tf", "emmr", "oracle")}
     per_seed, n_missing, n_flagged, complete_diff, unflagged_diff = {}, 0, 0, 0, 0
+    teacher_auroc, teacher_agreement = [], []
+    complete = batch.present().all(axis=1)
     for seed in seeds:
         emmr, tf = scorer("emmr", seed), scorer("tf", seed)
+        teacher = checkpoint.load_teacher(ckpts[("emmr", seed)])
+        t_key = np.zeros_like(truth.key)
+        t_key[complete] = teacher_truth(teacher, batch.take(np.flatnonzero(complete)), emmr.config.modality_names,
+                                        torch.device("cpu")).key
+        teacher_agreement.append(float((t_key[complete] == truth.key[complete]).mean()))
         trio = [scorer("tf", tf_seeds[(tf_seeds.index(seed) + i) % len(tf_seeds)]) for i in range(3)]
         per_seed[seed] = 0
         for rate, _, drop in protocol_masks(batch.present(), rates, [seed]):
@@ -117,8 +135,17 @@ def main() -> None:
             per_seed[seed] += int((e_label[rows] == y[rows]).sum() - (t_label[rows] == y[rows]).sum())
             n_missing += int(rows.sum())
             n_flagged += int(flag.sum())
+            single = (missing.sum(axis=1) == 1) & complete
+            k = missing.argmax(axis=1)
+            teacher_auroc.append(auroc(t_key[np.arange(len(k)), k][single], e_flagged["score"][single]))
             complete_diff += int((e_label[~rows] != t_label[~rows]).sum())
             unflagged_diff += int((e_label[~flag] != t_label[~flag]).sum())
+    flag = {"auroc": [], "ceiling": []}
+    for d in args.compare:
+        for run in json.load(open(os.path.join(d, "metrics.json")))["methods"].get("emmr", {}).get("runs", []):
+            if run["rate"] > 0 and "flag_auroc" in run:
+                flag["auroc"].append(run["flag_auroc"])
+                flag["ceiling"].append(run["ceiling_flag_auroc"])
     wins = sum(v > 0 for v in per_seed.values())
     losses = sum(v < 0 for v in per_seed.values())
     out = {
@@ -131,10 +158,31 @@ def main() -> None:
         "emmr_minus_tf_per_seed": per_seed,
         "seeds_won_lost": [int(wins), int(losses)], "sign_test_over_seeds_p": sign_p(int(wins), int(losses)),
         "differences_on_complete_records": complete_diff, "differences_on_unflagged_records": unflagged_diff,
+        "flag_auroc": float(np.mean(flag["auroc"])), "oracle_flag_auroc": float(np.mean(flag["ceiling"])),
+        "flag_auroc_over_oracle": float(np.mean(flag["auroc"]) / np.mean(flag["ceiling"])),
+        "flag_auroc_against_teacher_truth": float(np.nanmean(teacher_auroc)),
+        "teacher_key_agreement_with_generator": float(np.mean(teacher_agreement)),
     }
+    if args.table:
+        write_table(args, first)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
     print(json.dumps(out, indent=1))
+
+
+def write_table(args, scorer: Scorer) -> None:
+    """Every method's runs over seeds 0 .. table_seeds - 1, merged from the --compare folders, as one table."""
+    runs: dict[str, list] = {}
+    extra = {}
+    for d in args.compare:
+        doc = json.load(open(os.path.join(d, "metrics.json")))
+        extra = {k: v for k, v in doc.items() if k not in ("methods", "seeds")}
+        for method, res in doc["methods"].items():
+            runs.setdefault(method, []).extend(r for r in res["runs"] if r["seed"] < args.table_seeds)
+    order = ["emmr", "tf", "ae", "mmin", "emmr-max", "emmr-average", "emmr-no-forward", "emmr-no-backward"]
+    results = {m: {"runs": runs[m], "by_rate": aggregate(runs[m])} for m in sorted(runs, key=order.index)}
+    write_all(results, args.table, f"Comparison on {args.test} (seeds 0-{args.table_seeds - 1})",
+              list(scorer.config.label_names), extra={**extra, "seeds": args.table_seeds, "merged_from": args.compare})
 
 
 if __name__ == "__main__":
