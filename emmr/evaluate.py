@@ -20,12 +20,11 @@ import pyarrow as pa
 from emmr.batch import ModalityBatch
 from emmr.metrics import accuracy, auroc, confusion, macro_f1, precision_recall, top_fraction
 from emmr.missing import DEFAULT_RATES, seeded_rng, simulate_missing
-from emmr.oracle import SynthTruth, oracle_scores
+from emmr.oracle import OracleScores, SynthTruth, oracle_flag, oracle_scores
 from emmr.scorer import Scorer, Scores
 
 CEILING_METRICS = ("accuracy", "accuracy_complete", "accuracy_missing", "accuracy_key_missing",
-                   "accuracy_nonkey_missing", "accuracy_flagged", "flag_auroc", "flag_precision", "flag_recall",
-                   "flag_rate_missing")
+                   "accuracy_nonkey_missing", "flag_auroc", "flag_precision", "flag_recall", "flag_rate_missing")
 
 
 def key_truth(table: pa.Table, names: tuple[str, ...]) -> np.ndarray | None:
@@ -82,17 +81,19 @@ def run_metrics(pred: np.ndarray, flag: np.ndarray, score: np.ndarray, labels: n
     return out
 
 
-def _oracle_comparison(model: dict, oracle_pred, oracle_score, flag, labels, missing, truth) -> dict:
-    """The oracle's figures on the same run as `ceiling_<metric>`, and the model's flag at the oracle's rate."""
-    oracle_flag = (oracle_score > 0.5) & (missing.sum(axis=1) == 1)  # P(key) > 1/2: the Bayes decision
-    oracle = run_metrics(oracle_pred, oracle_flag, oracle_score, labels, missing, truth, 1 + int(labels.max()))
-    out = {f"ceiling_{k}": oracle[k] for k in CEILING_METRICS if k in oracle and k != "accuracy_flagged"}
-    out["ceiling_accuracy_flagged"] = _acc(labels, oracle_pred, flag)  # the oracle on the model's flagged records
+def ceilings(s: Scores, oracle: OracleScores, labels: np.ndarray, missing: np.ndarray, truth: np.ndarray,
+             classes: int) -> dict:
+    """The oracle's figures on the same run as `ceiling_<metric>` (its accuracy on the *model's* flagged records
+    for `ceiling_accuracy_flagged`), and the model's flag taken at the oracle's flag rate."""
+    o_flag = oracle_flag(oracle, missing)
+    o = run_metrics(oracle.label_index, o_flag, oracle.key_missing_score, labels, missing, truth, classes)
+    out = {f"ceiling_{k}": o[k] for k in CEILING_METRICS if k in o}
+    out["ceiling_accuracy_flagged"] = _acc(labels, oracle.label_index, s.key_missing)
     single = missing.sum(axis=1) == 1
     k = missing.argmax(axis=1)
     true_key = truth[np.arange(len(k)), k] & single
-    at_rate = np.zeros(len(flag), dtype=bool)
-    at_rate[single] = top_fraction(model["score"][single], int(oracle_flag.sum()))
+    at_rate = np.zeros(len(labels), dtype=bool)
+    at_rate[single] = top_fraction(s.key_missing_score[single], int(o_flag.sum()))
     out["flag_precision_at_oracle_rate"], out["flag_recall_at_oracle_rate"] = precision_recall(at_rate, true_key)
     return out
 
@@ -116,9 +117,8 @@ def evaluate(scorer: Scorer, batch: ModalityBatch, table: pa.Table, rates=DEFAUL
         run = run_metrics(s.label_index, s.key_missing, s.key_missing_score, batch.labels, missing, truth,
                           scorer.config.num_classes, s.label_full)
         if synth_truth is not None:
-            o = oracle_scores(synth_truth, missing)
-            run.update(_oracle_comparison({"score": s.key_missing_score}, o.label_index, o.key_missing_score,
-                                          s.key_missing, batch.labels, missing, synth_truth.key))
+            run.update(ceilings(s, oracle_scores(synth_truth, missing), batch.labels, missing, synth_truth.key,
+                                scorer.config.num_classes))
         runs.append({"rate": rate, "seed": seed, **run})
     return {"runs": runs, "by_rate": aggregate(runs)}
 

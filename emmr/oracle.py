@@ -60,6 +60,11 @@ def oracle_scores(truth: SynthTruth, missing: np.ndarray) -> OracleScores:
     return OracleScores(probabilities=probs, label_index=probs.argmax(axis=1), key_missing_score=p_key)
 
 
+def oracle_flag(o: OracleScores, missing: np.ndarray) -> np.ndarray:
+    """The Bayes decision: flag a record missing one modality when that modality is more likely key than not."""
+    return (o.key_missing_score > 0.5) & (missing.sum(axis=1) == 1)
+
+
 def present_modalities(table: pa.Table, names: tuple[str, ...]) -> np.ndarray:
     """(N, M) bool: which modalities each record has (a null or empty column is missing)."""
     import pyarrow.compute as pc
@@ -83,7 +88,7 @@ def oracle_protocol(table: pa.Table, rates, seeds) -> dict:
     for rate, seed, drop in protocol_masks(present, rates, seeds):
         missing = ~present | drop
         o = oracle_scores(truth, missing)
-        flag = (o.key_missing_score > 0.5) & (missing.sum(axis=1) == 1)
-        run = run_metrics(o.label_index, flag, o.key_missing_score, labels, missing, truth.key, truth.params.classes)
+        run = run_metrics(o.label_index, oracle_flag(o, missing), o.key_missing_score, labels, missing, truth.key,
+                          truth.params.classes)
         runs.append({"rate": rate, "seed": seed, **run})
     return {"runs": runs, "by_rate": aggregate(runs)}
