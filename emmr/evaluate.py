@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from emmr.batch import ModalityBatch
 from emmr.metrics import accuracy, auroc, confusion, macro_f1, precision_recall, top_fraction
-from emmr.missing import DEFAULT_RATES, seeded_rng, simulate_missing
+from emmr.missing import DEFAULT_RATES, protocol_rng, simulate_missing
 from emmr.oracle import OracleScores, SynthTruth, oracle_flag, oracle_scores
 from emmr.scorer import Scorer, Scores
 
@@ -42,9 +42,9 @@ def score_all(scorer: Scorer, batch: ModalityBatch, size: int = 1024) -> Scores:
 
 def protocol_masks(present: np.ndarray, rates, seeds, probs: np.ndarray | None = None):
     """(rate, seed, drop (N, M) bool) for every run of the protocol, the same for every method."""
-    for r_index, rate in enumerate(rates):
+    for rate in rates:
         for seed in seeds:
-            yield rate, seed, simulate_missing(present, rate, seeded_rng(seed, 1000 + r_index), probs)
+            yield rate, seed, simulate_missing(present, rate, protocol_rng(seed, rate), probs)
 
 
 def _acc(labels, pred, rows) -> float:

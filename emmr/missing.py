@@ -31,3 +31,13 @@ def simulate_missing(present: np.ndarray, rate: float, rng: np.random.Generator,
 
 def seeded_rng(*keys: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in keys])
+
+
+def protocol_rng(seed: int, rate: float) -> np.random.Generator:
+    """The evaluation masks' generator for one (seed, rate): keyed by the rate itself, so a rate gets the same masks
+    whatever other rates are evaluated beside it. Tenths keep the keys they always had (1000 + 10 r, the position
+    of r in the protocol's 0, 0.1, ..., 0.5), so every figure measured before stays reproducible."""
+    tenths = rate * 10
+    if abs(tenths - round(tenths)) < 1e-9:
+        return seeded_rng(seed, 1000 + round(tenths))
+    return seeded_rng(seed, 2000, round(rate * 1e6))

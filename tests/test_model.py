@@ -208,3 +208,16 @@ def test_batch_drop_zeroes_and_marks_missing():
     dropped = batch.drop(np.array([[True, False], [False, False]]))
     assert dropped.lengths["x"].tolist() == [0, 1] and dropped.features["x"][0].sum() == 0
     assert batch.lengths["x"].tolist() == [2, 1]  # the original is unchanged
+
+
+def test_protocol_masks_depend_on_the_rate_not_on_the_rates_beside_it():
+    from emmr.evaluate import protocol_masks
+    present = np.ones((200, 3), dtype=bool)
+    alone = {(r, s): d for r, s, d in protocol_masks(present, [0.3], [0, 1])}
+    among = {(r, s): d for r, s, d in protocol_masks(present, [0.5, 0.25, 0.3], [0, 1])}
+    for key, drop in alone.items():
+        np.testing.assert_array_equal(drop, among[key])
+    assert not np.array_equal(among[(0.25, 0)], among[(0.3, 0)])
+    # the protocol's rates keep the masks every published figure was measured with: seeded_rng(seed, 1000 + index)
+    for index, (rate, seed, drop) in enumerate(protocol_masks(present, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [7])):
+        np.testing.assert_array_equal(drop, simulate_missing(present, rate, seeded_rng(7, 1000 + index)))

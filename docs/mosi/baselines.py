@@ -5,8 +5,8 @@ docs/results.md, reproduced from the converted data:
 
 - logistic regression on each modality and each combination (concatenated features), at missing rate 0;
 - logistic regression on all three modalities at the protocol's missing rates 0 to 0.5, a missing modality's
-  features set to zero (zero imputation), with the very masks `emmr evaluate` draws (emmr/missing.py,
-  seeded_rng(seed, 1000 + rate index), seeds 0..4), so the figures sit beside EMMR's record for record;
+  features set to zero (zero imputation), with the very masks `emmr evaluate` draws
+  (emmr.evaluate.protocol_masks, seeds 0..4), so the figures sit beside EMMR's record for record;
 - the fit check: the same regression cross-validated by video *inside* the training split (5 folds), which
   shows how much better the training rows are separated than dev rows (why no result comes from them).
 
@@ -28,7 +28,8 @@ from scipy.optimize import minimize
 from emmr.batch import load_records
 from emmr.dataspec import data_spec
 from emmr.metrics import accuracy, macro_f1
-from emmr.missing import DEFAULT_RATES, seeded_rng, simulate_missing
+from emmr.evaluate import protocol_masks
+from emmr.missing import DEFAULT_RATES, seeded_rng
 
 
 def features(batch, names) -> np.ndarray:
@@ -78,10 +79,9 @@ def main() -> None:
             out["single_and_combined_rate0"]["+".join(combo)] = scores(dev.labels, predict(features(dev, combo)))
 
     predict = fit(features(train, names), train.labels)
-    for r_index, rate in enumerate(DEFAULT_RATES):
+    for rate in DEFAULT_RATES:
         runs = []
-        for seed in range(args.seeds):
-            drop = simulate_missing(dev.present(), rate, seeded_rng(seed, 1000 + r_index))  # emmr/evaluate.py's masks
+        for _, _, drop in protocol_masks(dev.present(), [rate], range(args.seeds)):  # the masks every method sees
             runs.append(scores(dev.labels, predict(features(dev.drop(drop), names))))
         out["all_modalities_by_rate"][f"{rate:g}"] = {
             m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs])),
