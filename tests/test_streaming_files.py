@@ -1,13 +1,16 @@
 """Streaming Parquet output on the Pub/Sub emulator (issue #13, part 1): per event-time window, K files, each
 message exactly once, and a restarted job adds no duplicate file.
 
-One run of about 75 s: messages are published at a steady rate for 60 s; the job writes predictions and dead
-letters to Parquet with --window_s 5 --file_shards 2. Half way, job 1 is killed (SIGKILL) just after it put a
-window's files in place, and job 2 starts on the same subscription: what job 1 pulled but had not written comes
-back to job 2 after the ack deadline (10 s). Then every message is in exactly one file (predictions by record
-id, dead letters by message id), every file lies in the window its name says (publication time = scored_at -
-latency_s), each (window, job, firing) has at most K files, numbered 0..n-1 of n, and every window with enough
-data written by one firing has exactly K. File names carry the job id: job 2 never rewrites a file of job 1.
+Messages are published at a steady rate for at least 60 s; the job writes predictions and dead letters to Parquet
+with --window_s 5 --file_shards 2. Job 1 is killed (SIGKILL) just after it put a window's files in place, half way
+and once it has written MIN_1 full windows, and job 2 starts on the same subscription: what job 1 pulled but had
+not written comes back to job 2 after the ack deadline (10 s). Publishing goes on until job 2 has run live (its
+first file in place) for MIN_2 full windows more, so a slow start on a loaded machine makes the run longer, not
+the evidence thinner (bounded by LIMIT_S). Then every message is in exactly one file (predictions by record id,
+dead letters by message id), every file lies in the window its name says (publication time = scored_at -
+latency_s), each (window, job, firing) has at most K files, numbered 0..n-1 of n, and every steady window (job 1's;
+job 2's once it was live, until publishing stopped) has exactly K of one firing. File names carry the job id: job
+2 never rewrites a file of job 1.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from test_pipeline import tiny_model  # noqa: F401 - session fixture: a model wi
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RUNNER = "--runner=DirectRunner"
-K, WINDOW_S, PUBLISH_S, RATE = 2, 5, 60, 8  # shards, window, seconds of publishing, messages per second
+K, WINDOW_S, PUBLISH_S, RATE = 2, 5, 60, 8  # shards, window, least s of publishing, messages/s
+MIN_1, MIN_2 = 3, 2  # full windows job 1 writes before it is killed; job 2 scores live before publishing stops
+LIMIT_S = 240  # a run that has not covered them by then fails
 NAME = re.compile(r"^(?P<kind>predictions|dead)-(?P<start>\d{8}T\d{6}Z)-(?P<end>\d{8}T\d{6}Z)-(?P<job>local-[^-]+-[0-9a-f]+)"
                   r"-(?P<pane>\d+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
 
@@ -62,9 +67,9 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
              "--window_s", str(WINDOW_S), "--file_shards", str(K), "--batch_size", "64", "--batch_duration_s", "0.5",
              "--metrics_port", "0"], env={**os.environ, **em.env}, stdout=log, stderr=subprocess.STDOUT)
 
-    def publish_steadily(stop: threading.Event) -> None:
+    def publish_steadily(stop: threading.Event, enough: threading.Event) -> None:
         i, began = 0, time.monotonic()
-        while not stop.is_set() and time.monotonic() - began < PUBLISH_S:
+        while not stop.is_set() and (time.monotonic() - began < PUBLISH_S or not enough.is_set()):
             rid = f"r-{i:05d}"
             if i % 50 == 7:  # a bad record now and then: a dead letter
                 payload, attributes = encode_record(table([record(rid, label=9)]).to_batches()[0])
@@ -78,26 +83,35 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
             i += 1
             time.sleep(max(0.0, began + i / RATE - time.monotonic()))
 
-    stop = threading.Event()
-    publisher = threading.Thread(target=publish_steadily, args=(stop,), daemon=True)
+    stop, enough = threading.Event(), threading.Event()
+    publisher = threading.Thread(target=publish_steadily, args=(stop, enough), daemon=True)
     job1, job2 = start("job1"), None
+    began = time.time()
     try:
         publisher.start()
-        deadline = time.monotonic() + PUBLISH_S / 2 + 20
-        seen = 0
-        while time.monotonic() < deadline:  # kill job 1 just after it put a window's files in place, half way
+        seen: set[str] = set()
+        while True:  # kill job 1 just after it put a window's files in place, half way and with MIN_1 full windows
             assert job1.poll() is None, (tmp_path / "job1.log").read_text()[-3000:]
-            files = _files(out)
-            if len(files) > seen and time.monotonic() > deadline - 20:
+            assert time.time() - began < LIMIT_S, f"job 1 wrote {sorted(seen)} in {LIMIT_S} s"
+            names = {p.name for p in _files(out)}
+            if names - seen and time.time() - began > PUBLISH_S / 2 and len(_full_windows(out)) >= MIN_1:
                 time.sleep(1.0)  # its acknowledgements are sent; the next window fires about WINDOW_S later
                 break
-            seen = len(files)
-            time.sleep(0.1)
+            seen = names
+            time.sleep(0.2)
         job1.send_signal(signal.SIGKILL)
         job1.wait(30)
         written_by_1 = {p.name for p in _files(out)}
         assert written_by_1, "job 1 wrote no file before it was killed"
-        job2, job2_started = start("job2"), time.time()
+        job2, live_from = start("job2"), None
+        while not enough.is_set():  # job 2 is live once its first file is in place; publish MIN_2 full windows on
+            assert job2.poll() is None, (tmp_path / "job2.log").read_text()[-3000:]
+            assert time.time() - began < LIMIT_S, f"job 2 was not live for {MIN_2} windows in {LIMIT_S} s"
+            if live_from is None and {p.name for p in _files(out)} - written_by_1:
+                live_from = time.time()
+            if live_from is not None and time.time() >= live_from + (MIN_2 + 1) * WINDOW_S:
+                enough.set()
+            time.sleep(0.2)
         publisher.join(PUBLISH_S + 30)
         assert not publisher.is_alive()
         publish_ended = time.time()
@@ -141,15 +155,30 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
         for pane, n in {(p, n) for p, _, n in files}:
             indexes = sorted(i for p, i, total in files if (p, total) == (pane, n))
             assert indexes == sorted(set(indexes)) and all(0 <= i < n <= 2 * K for i in indexes), key
-    # steady state (job 1 before the kill; job 2 once what job 1 had not written was redelivered, 10 s + margin,
-    # until publishing stopped): each window with data for both shards is K files of one firing
+    # steady state: job 1's windows (it ran before publishing began, and was killed just after a window's files);
+    # job 2's from when it was live (its first file in place: past its start-up, the backlog and what job 1 had not
+    # written, all published before) until publishing stopped. Each window with data for both shards is K files of
+    # one firing.
     job1, job2 = (j for j in jobs if j in " ".join(written_by_1)), (j for j in jobs if j not in " ".join(written_by_1))
     job1, job2 = next(job1), next(job2)
-    steady = [key for key in windows if key[0] == "predictions" and rows_in[key] >= 2 * RATE and (
-        key[2] == job1 or (_t(key[1]) >= job2_started + 15 and _t(key[1]) + WINDOW_S <= publish_ended))]
-    assert len(steady) >= 5, sorted(windows)
+    full = {key for key in windows if key[0] == "predictions" and rows_in[key] >= 2 * RATE}
+    steady_1 = [key for key in full if key[2] == job1]
+    steady_2 = [key for key in full
+                if key[2] == job2 and live_from <= _t(key[1]) and _t(key[1]) + WINDOW_S <= publish_ended]
+    assert len(steady_1) >= MIN_1 and len(steady_2) >= MIN_2, (sorted(steady_1), sorted(steady_2), sorted(windows))
+    steady = steady_1 + steady_2
     assert all(len(windows[k]) == K and {p for p, _, _ in windows[k]} == {"0"} for k in steady), {
         k: windows[k] for k in steady if len(windows[k]) != K or {p for p, _, _ in windows[k]} != {"0"}}
+
+
+def _full_windows(out: Path) -> set[str]:
+    """Starts of the prediction windows written so far with rows for both shards (2 s of messages or more)."""
+    rows: dict[str, int] = defaultdict(int)
+    for path in _files(out):
+        m = NAME.match(path.name)
+        if m and m["kind"] == "predictions":
+            rows[m["start"]] += pq.read_metadata(path).num_rows
+    return {start for start, n in rows.items() if n >= 2 * RATE}
 
 
 def _rows(out: Path):
