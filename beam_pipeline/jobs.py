@@ -237,6 +237,17 @@ def read_local(job_id: str, directory: str | None = None) -> tuple[dict, dict]:
     return read_documents(os.path.join(folder, JOB_FILE), os.path.join(folder, METRICS_FILE))
 
 
+def active_dataflow_job(name: str, project: str, region: str) -> str:
+    """The id of the active Dataflow job named `name` (a streaming job keeps its name across updates)."""
+    from google.cloud import dataflow_v1beta3 as dataflow
+
+    for job in dataflow.JobsV1Beta3Client().list_jobs(request=dataflow.ListJobsRequest(
+            project_id=project, location=region, filter=dataflow.ListJobsRequest.Filter.ACTIVE)):
+        if job.name == name:
+            return job.id
+    raise JobNotFound(f"no active Dataflow job named {name!r} in project {project!r}, region {region!r}")
+
+
 def fetch_dataflow(job_id: str, project: str, region: str) -> tuple[dict, dict]:
     """The Job (JOB_VIEW_ALL) and JobMetrics documents of a Dataflow job, from the Dataflow API."""
     from google.api_core import exceptions as gexc

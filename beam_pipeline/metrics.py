@@ -257,6 +257,38 @@ class Recorder:
         (prom.labels(**labels) if labels else prom).set(value)
 
 
+def process_results() -> list:
+    """This process's counters and histograms (its Prometheus objects) as Beam MetricResults, attempted only:
+    what a local streaming run records for `emmr-score export`, because the streaming DirectRunner's Beam metrics
+    miss the counts of stages after the job's batching (the DirectRunner retries no bundle, so attempted is once)."""
+    from apache_beam.metrics.cells import DistributionData, DistributionResult
+    from apache_beam.metrics.execution import MetricKey, MetricResult
+    from apache_beam.metrics.metricbase import MetricName
+
+    out = []
+    with _prom_lock:
+        objects = dict(_prom)
+    for m in ALL:
+        obj = objects.get(m.name)
+        if obj is None or m.kind == GAUGE:
+            continue
+        for family in obj.collect():
+            values: dict[str, dict[str, float]] = {}
+            for sample in family.samples:
+                labels = {k: v for k, v in sample.labels.items() if k != "le"}
+                series = series_name(m.beam_name if m.kind == HISTOGRAM else m.name, labels)
+                values.setdefault(series, {})[sample.name.removeprefix(m.name)] = sample.value
+            for series, v in values.items():
+                if m.kind == COUNTER:
+                    value = int(v.get("_total", v.get("", 0)))
+                else:
+                    count, total = int(v.get("_count", 0)), v.get("_sum", 0.0) * (1e6 if m.seconds else 1)
+                    value = DistributionResult(DistributionData(int(round(total)), count, 0, 0))
+                out.append(MetricResult(MetricKey("process", MetricName(NAMESPACE, series)), committed=None,
+                                        attempted=value))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- reading back
 
 

@@ -69,6 +69,36 @@ def summarize_local(result, state: str, options: PipelineOptions, config: JobCon
     return summary
 
 
+RECORD_EVERY_S = 5.0  # a local streaming run writes its metrics to the local job store this often
+
+
+def record_while_running(result, options, config, started: float) -> None:
+    """A local streaming run: every RECORD_EVERY_S, its counts to the local job store under its job id, as a running
+    job, in the JobMetrics format; `emmr-score export --job local-...` serves them to Prometheus as it would a
+    Dataflow job's. The counts are this process's own, marked attempted (metrics.process_results: the streaming
+    DirectRunner's Beam metrics miss the stages after the batching; it retries no bundle, so each is once)."""
+    import threading
+
+    from beam_pipeline import jobs
+
+    def loop():
+        while True:
+            time.sleep(RECORD_EVERY_S)
+            try:
+                results = metrics.process_results()
+                jobs.record_local(jobs.JobInfo(id=config.job_id, name=config.job_name, state="RUNNING",
+                                               created=started, state_time=time.time(),
+                                               options=_options_record(options), kind=config.mode), results)
+            except Exception as e:  # noqa: BLE001 - scoring goes on; the exporter's staleness alert tells
+                log.warning("could not record the run's metrics in the local job store: %s", e)
+
+    from beam_pipeline import metrics
+
+    log.info("recording the run's metrics as %s every %.0f s: `emmr-score export --job %s` serves them", config.job_id,
+             RECORD_EVERY_S, config.job_id)
+    threading.Thread(target=loop, name="emmr-record-metrics", daemon=True).start()
+
+
 def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = None, save_main_session: bool = False):
     """Build and run the job. In-process batch: returns the JobSummary once it finished. In-process streaming:
     returns the running PipelineResult (cancel it to stop). Remote runners: returns the PipelineResult as soon as
@@ -117,7 +147,9 @@ def run(argv: list[str] | None = None, test_pipeline: beam.Pipeline | None = Non
         direct_pubsub.install()
     if config.streaming or not config.in_process:
         result = p.run()
-        if not config.in_process:
+        if config.in_process:  # its metrics in the local job store, for `emmr-score export`
+            record_while_running(result, options, config, started)
+        else:
             job_id = getattr(result, "job_id", lambda: None)() if result is not None else None
             log.info("submitted %s job %s (id %s); when it has finished: emmr-score report --job %s", config.mode,
                      config.job_name, job_id, job_id)
@@ -137,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # the job's own progress is logged at INFO
+    if argv[:1] == ["export"]:
+        from beam_pipeline import exporter
+
+        return exporter.main(argv[1:])
     if argv[:1] == ["report"]:
         if "-h" in argv or "--help" in argv:
             print(report_help())

@@ -425,7 +425,7 @@ def test_every_alert_has_severity_annotations_and_a_runbook_section():
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
                    "offset", "inf", "nan", "atan2"}
 BUILTIN_SERIES = {"up"}  # Prometheus' own, per scrape target
-TARGET_LABELS = {"job", "instance", "mode", "vm", "le"}  # added by Prometheus / prometheus.yml, or histogram buckets
+TARGET_LABELS = {"job", "instance", "mode", "vm", "le", "work"}  # by Prometheus / prometheus.yml, or histogram buckets
 
 
 def promql_names(expr: str) -> tuple[set[str], set[str]]:
@@ -449,7 +449,9 @@ def promql_names(expr: str) -> tuple[set[str], set[str]]:
 
 
 def declared_series() -> set[str]:
-    out = set(BUILTIN_SERIES)
+    from beam_pipeline import exporter
+
+    out = set(BUILTIN_SERIES) | {exporter.LAST_POLL, exporter.ATTEMPTED_ONLY}  # the exporter's own
     for m in metrics.ALL:
         out.add(m.name)
         if m.kind == metrics.HISTOGRAM:

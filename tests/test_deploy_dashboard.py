@@ -63,8 +63,14 @@ def deploy_prometheus(tmp_path_factory, pushgateway):
     config["rule_files"] = [str(PROM_DIR / "alerts.yml")]
     config.pop("alerting")
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    assert set(jobs) == {"pushgateway", "emmr-streaming"}
+    assert set(jobs) == {"pushgateway", "emmr-streaming", "emmr-streaming-exporter"}
     jobs["pushgateway"]["static_configs"][0]["targets"] = [pushgateway.address]
+    exporter = jobs["emmr-streaming-exporter"]
+    exporter["scrape_interval"] = "1s"
+    exporter["file_sd_configs"] = [{"files": [str(targets / "exporter" / "*.json")], "refresh_interval": "1s"}]
+    labels = exporter.pop("static_configs")[0]["labels"]
+    exporter["relabel_configs"] = [{"target_label": k, "replacement": v} for k, v in labels.items()]
+    (targets / "exporter").mkdir()
     workers = jobs["emmr-streaming"]
     workers.pop("gce_sd_configs")
     workers["scrape_interval"] = "1s"
@@ -121,7 +127,7 @@ def _streaming_worker(trained, pubsub_emulator, metrics_port: int, log_path: Pat
     argv = [sys.executable, "-m", "beam_pipeline.run", "--runner=DirectRunner", f"--input_subscription={subs['in']}",
             f"--output_topic={topics['out']}", f"--dead_letter={topics['dead']}", f"--model={trained['model']}",
             f"--metrics_port={metrics_port}", f"--metrics_addr={LOOPBACK}", "--batch_duration_s=0.2",
-            "--batch_size=16", "--job_name=emmr-streaming-test"]
+            "--batch_size=16", "--job_name=emmr-streaming"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ},
                                 start_new_session=True)
@@ -154,8 +160,9 @@ def test_every_dashboard_query_returns_data_from_real_runs(trained, pushgateway,
     pushgateway.wipe()
     _run_batch(trained, pushgateway)
 
-    port = free_port()
+    port, exporter_port = free_port(), free_port()
     proc, names = _streaming_worker(trained, pubsub_emulator, port, tmp_path / "streaming.log")
+    exporter = None
     try:
         (deploy_prometheus["targets"] / "workers.json").write_text(
             json.dumps([{"targets": [f"{LOOPBACK}:{port}"]}]))
@@ -167,6 +174,22 @@ def test_every_dashboard_query_returns_data_from_real_runs(trained, pushgateway,
             assert time.monotonic() < deadline, "the streaming worker never served /metrics"
             time.sleep(0.5)
         query(prom, 'up{job="emmr-streaming", mode="streaming"} == 1', timeout=60)
+        # The job's committed counts: the local run records its metrics in the job store, `emmr-score export`
+        # serves them (as it would poll a Dataflow job's).
+        store = Path(os.environ["EMMR_JOBS_DIR"])
+        deadline = time.monotonic() + 60
+        while not (recorded := [d.name for d in store.glob("local-*") if (d / "metrics.json").exists()
+                                and json.loads((d / "job.json").read_text())["currentState"] == "JOB_STATE_RUNNING"
+                                and json.loads((d / "job.json").read_text())["name"] == "emmr-streaming"]):
+            assert time.monotonic() < deadline, "the streaming run never recorded its metrics"
+            time.sleep(0.5)
+        exporter = subprocess.Popen([sys.executable, "-m", "beam_pipeline.run", "export", "--job", recorded[-1],
+                                     "--port", str(exporter_port), "--addr", LOOPBACK, "--poll_s", "1"],
+                                    stdout=open(tmp_path / "exporter.log", "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                                    start_new_session=True)
+        (deploy_prometheus["targets"] / "exporter" / "exporter.json").write_text(
+            json.dumps([{"targets": [f"{LOOPBACK}:{exporter_port}"]}]))
+        query(prom, 'up{job="emmr-streaming-exporter"} == 1', timeout=60)
         # The rest spread over a few scrapes, so that the rates see increments; two messages that cannot be decoded.
         _publish_records(pubsub_emulator, names["topics"]["in"], trained["data"], range(5, 40), pause_s=0.1)
         pubsub_emulator.publish(names["topics"]["in"], b"not an arrow stream", schema_version="1", record_id="garbage-1")
@@ -174,7 +197,8 @@ def test_every_dashboard_query_returns_data_from_real_runs(trained, pushgateway,
         predictions = pubsub_emulator.pull(names["subs"]["out"], expected=40, timeout=120)
         dead = pubsub_emulator.pull(names["subs"]["dead"], expected=2, timeout=60)
         assert len(predictions) == 40 and len(dead) == 2, (tmp_path / "streaming.log").read_text()[-5000:]
-        query(prom, 'sum(emmr_records_total{mode="streaming"}) >= 42', timeout=30)
+        query(prom, 'sum(emmr_records_total{mode="streaming", work="attempted"}) >= 42', timeout=30)
+        query(prom, 'sum(emmr_records_total{mode="streaming", work="committed"}) >= 42', timeout=60)
         query(prom, f'emmr_job_last_success_timestamp_seconds{{mode="batch", job="{BATCH_JOB}"}}', timeout=30)
         time.sleep(3)  # a few more scrapes after the last increments, for the rates
 
@@ -210,3 +234,5 @@ def test_every_dashboard_query_returns_data_from_real_runs(trained, pushgateway,
         assert not firing, f"alerts firing for healthy runs: {[a['metric'] for a in firing]}"
     finally:
         _stop(proc)
+        if exporter is not None:
+            _stop(exporter)

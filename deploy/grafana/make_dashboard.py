@@ -8,7 +8,10 @@ name against beam_pipeline/metrics.py, and tests/test_deploy_dashboard.py runs e
 Prometheus fed by real pipeline runs. Standard library only.
 
 Two sources, told apart by the `mode` label that deploy/prometheus/prometheus.yml adds:
-- mode="streaming": the streaming workers' /metrics, so rates over time and histogram quantiles;
+- mode="streaming", work="committed": the streaming job's counts, committed Beam metrics served by `emmr-score
+  export` (a retried bundle counts once), so rates over time;
+- mode="streaming", work="attempted": the streaming workers' own /metrics, for histogram quantiles (latency, batch
+  size: attempted work) and the model each worker serves;
 - mode="batch": the summary `emmr-score report` pushes after each batch run (counters as totals of the last run, histograms as count and
   sum only), so "last run" bars and means.
 Variables: DS_PROMETHEUS (the Prometheus data source) and job (Dataflow job names; All by default).
@@ -24,7 +27,8 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "emmr-dashboard.json"
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-S = 'mode="streaming", job=~"$job"'  # selector of streaming series
+S = 'mode="streaming", work="attempted", job=~"$job"'  # streaming workers' /metrics: latency, model (attempted work)
+C = 'mode="streaming", work="committed", job=~"$job"'  # the streaming job's committed counts (emmr-score export)
 B = 'mode="batch", job=~"$job"'  # selector of batch summaries
 RATE = "$__rate_interval"
 
@@ -85,7 +89,7 @@ def panels() -> list[dict]:
               "Candidate models a streaming job checked for an in-place swap (--model_pattern, "
               "--model_updates_subscription): accepted ones serve from the next batch on; rejected ones were "
               "unreadable, corrupt or incompatible, and the model in service stayed (worker logs say why).",
-              [target(f"sum by (job, outcome) (emmr_model_updates_total{{{S}}})", "{{job}} {{outcome}}")], w=8),
+              [target(f"sum by (job, outcome) (emmr_model_updates_total{{{C}}})", "{{job}} {{outcome}}")], w=8),
         panel("stat", "Model load time", "Seconds a worker took to load the checkpoint (emmr_model_load_seconds).",
               [target('max by (job, mode) (emmr_model_load_seconds{job=~"$job"})', "{{job}} ({{mode}})")],
               unit="s", w=8),
@@ -102,8 +106,8 @@ def panels() -> list[dict]:
         row("Throughput"),
         panel("timeseries", "Throughput (streaming)",
               "Records read and records out by outcome (predicted or dead_letter), per second.",
-              [target(f"sum by (job) (rate(emmr_input_records_total{{{S}}}[{RATE}]))", "{{job}} in"),
-               target(f"sum by (job, outcome) (rate(emmr_records_total{{{S}}}[{RATE}]))", "{{job}} {{outcome}}")],
+              [target(f"sum by (job) (rate(emmr_input_records_total{{{C}}}[{RATE}]))", "{{job}} in"),
+               target(f"sum by (job, outcome) (rate(emmr_records_total{{{C}}}[{RATE}]))", "{{job}} {{outcome}}")],
               unit="cps", w=12),
         panel("bargauge", "Last batch run: records",
               "Records read and records out by outcome in each batch job's last run (in = predicted + dead_letter).",
@@ -115,13 +119,13 @@ def panels() -> list[dict]:
               "Dead letters per second by reason: validation and message error kinds (schemas/README.md) and the "
               "job's own: unreadable_file, unreadable_row_group, oversized_row_group, invalid_utf8, "
               "event_time_out_of_range, decode_error, inference_error, non_finite_output (README, Scoring job).",
-              [target(f"sum by (job, reason) (rate(emmr_dead_letters_total{{{S}}}[{RATE}]))", "{{job}} {{reason}}")],
+              [target(f"sum by (job, reason) (rate(emmr_dead_letters_total{{{C}}}[{RATE}]))", "{{job}} {{reason}}")],
               unit="cps", w=8),
         panel("bargauge", "Dead letters by reason (last batch run)", "Dead letters of each batch job's last run by reason.",
               [target(f"sum by (job, reason) (emmr_dead_letters_total{{{B}}})", "{{job}} {{reason}}")], w=8),
         panel("timeseries", "Dead-letter rate", "Share of records that end as dead letters (alert above 5%).",
-              [target(f'sum by (job) (rate(emmr_records_total{{{S}, outcome="dead_letter"}}[{RATE}])) / '
-                      f"sum by (job) (rate(emmr_records_total{{{S}}}[{RATE}]))", "{{job}} (streaming)"),
+              [target(f'sum by (job) (rate(emmr_records_total{{{C}, outcome="dead_letter"}}[{RATE}])) / '
+                      f"sum by (job) (rate(emmr_records_total{{{C}}}[{RATE}]))", "{{job}} (streaming)"),
                target(f'sum by (job) (emmr_records_total{{{B}, outcome="dead_letter"}}) / '
                       f"sum by (job) (emmr_records_total{{{B}}})", "{{job}} (last batch run)")],
               unit="percentunit", w=8),
@@ -129,8 +133,8 @@ def panels() -> list[dict]:
         row("Missing modalities"),
         panel("timeseries", "Missing rate per modality",
               "Share of scored records that missed each modality (a record missing two counts under both).",
-              [target(f"sum by (job, modality) (rate(emmr_missing_modalities_total{{{S}}}[{RATE}])) / on (job) "
-                      f'group_left sum by (job) (rate(emmr_records_total{{{S}, outcome="predicted"}}[{RATE}]))',
+              [target(f"sum by (job, modality) (rate(emmr_missing_modalities_total{{{C}}}[{RATE}])) / on (job) "
+                      f'group_left sum by (job) (rate(emmr_records_total{{{C}, outcome="predicted"}}[{RATE}]))',
                       "{{job}} {{modality}}"),
                target(f"sum by (job, modality) (emmr_missing_modalities_total{{{B}}}) / on (job) group_left "
                       f'sum by (job) (emmr_records_total{{{B}, outcome="predicted"}})', "{{job}} {{modality}} (last batch run)")],
@@ -138,11 +142,11 @@ def panels() -> list[dict]:
         panel("timeseries", "Key-missing rate per modality",
               "Among scored records missing a modality, the share whose absence flips the prediction (the "
               "modality was key). The dashed 7-day level is what EmmrKeyMissingRateDrift compares with.",
-              [target(f"sum by (job, modality) (rate(emmr_key_missing_total{{{S}}}[{RATE}])) / "
-                      f"sum by (job, modality) (rate(emmr_missing_modalities_total{{{S}}}[{RATE}]))",
+              [target(f"sum by (job, modality) (rate(emmr_key_missing_total{{{C}}}[{RATE}])) / "
+                      f"sum by (job, modality) (rate(emmr_missing_modalities_total{{{C}}}[{RATE}]))",
                       "{{job}} {{modality}}"),
-               target(f"sum by (job, modality) (rate(emmr_key_missing_total{{{S}}}[7d])) / "
-                      f"sum by (job, modality) (rate(emmr_missing_modalities_total{{{S}}}[7d]))",
+               target(f"sum by (job, modality) (rate(emmr_key_missing_total{{{C}}}[7d])) / "
+                      f"sum by (job, modality) (rate(emmr_missing_modalities_total{{{C}}}[7d]))",
                       "{{job}} {{modality}} 7-day level"),
                target(f"sum by (job, modality) (emmr_key_missing_total{{{B}}}) / "
                       f"sum by (job, modality) (emmr_missing_modalities_total{{{B}}})",
@@ -151,15 +155,15 @@ def panels() -> list[dict]:
 
         row("Predictions"),
         panel("timeseries", "Prediction distribution (streaming)", "Share of predictions per predicted label.",
-              [target(f"sum by (job, label) (rate(emmr_predictions_total{{{S}}}[{RATE}])) / on (job) group_left "
-                      f"sum by (job) (rate(emmr_predictions_total{{{S}}}[{RATE}]))", "{{job}} {{label}}")],
+              [target(f"sum by (job, label) (rate(emmr_predictions_total{{{C}}}[{RATE}])) / on (job) group_left "
+                      f"sum by (job) (rate(emmr_predictions_total{{{C}}}[{RATE}]))", "{{job}} {{label}}")],
               unit="percentunit", w=8),
         panel("bargauge", "Prediction distribution (last batch run)", "Predictions per label in each batch job's last run.",
               [target(f"sum by (job, label) (emmr_predictions_total{{{B}}})", "{{job}} {{label}}")], w=8),
         panel("timeseries", "Decided by the ensemble",
               "Share of predictions decided by the ensemble branch (Eq. 13), i.e. where the consistency check fired.",
-              [target(f"sum by (job) (rate(emmr_ensemble_used_total{{{S}}}[{RATE}])) / "
-                      f'sum by (job) (rate(emmr_records_total{{{S}, outcome="predicted"}}[{RATE}]))', "{{job}} (streaming)"),
+              [target(f"sum by (job) (rate(emmr_ensemble_used_total{{{C}}}[{RATE}])) / "
+                      f'sum by (job) (rate(emmr_records_total{{{C}, outcome="predicted"}}[{RATE}]))', "{{job}} (streaming)"),
                target(f"sum by (job) (emmr_ensemble_used_total{{{B}}}) / "
                       f'sum by (job) (emmr_records_total{{{B}, outcome="predicted"}})', "{{job}} (last batch run)")],
               unit="percentunit", w=8),
