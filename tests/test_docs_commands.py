@@ -6,7 +6,8 @@ Every command line of every fenced block of README.md and docs/*.md (continuatio
 - `emmr ...` (also `.venv/bin/emmr`, `python -m emmr.cli`): parsed by the real `emmr` parser: subcommand, flags,
   choices and value types (the docs' synopsis notation is read as written: `[--x V]` optional, `a|b` the first
   choice, upper-case words such as N or DIR placeholders);
-- `emmr-score ...`: every flag known to the job or to Beam, values of the right type (`report`: its own parser);
+- `emmr-score ...`: every flag known to the job or to Beam, values of the right type (`report`, `export`: their own
+  parsers);
 - `make TARGET`: the Makefile has the target; `python SCRIPT ...` and `*.sh`: the script exists, and a Python
   script's `--help` runs and lists every flag the doc gives it (slow: each imports its modules);
 - commands run from a snapshot of an older commit (`git archive C | tar -x -C runs/src`, then `cd runs/src`) are
@@ -239,8 +240,10 @@ def test_every_emmr_score_command_in_the_docs_has_known_flags(command):
     from beam_pipeline.flags import report_parser
 
     args = program(command)[1]
-    if args[:1] == ["report"]:
-        problem = _parse(report_parser(), args[1:], inline=True)
+    if args[:1] in (["report"], ["export"]):
+        from beam_pipeline import exporter
+
+        problem = _parse(report_parser() if args[0] == "report" else exporter.parser(), args[1:], inline=True)
         assert problem is None, f"{command}\n  {problem}"
         return
     from apache_beam.options.pipeline_options import PipelineOptions
