@@ -11,6 +11,7 @@ Only torch, numpy, pyarrow, safetensors and this repository's `emmr`/`schemas` p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -174,9 +175,13 @@ def random_checkpoint(config: ModelConfig | str, path: str, seed: int = 0) -> st
 
 
 def flop_counts(scorer, batch) -> dict[str, float]:
-    """FLOPs per record by torch's flop counter (torch's own attention, grad mode on so that its fused inference
-    kernels, which the counter does not see, stay off): the whole batch at max_len, the Scorer's buckets (spent), and
-    every record alone at its own lengths (needed: a missing modality still at max_len, which recovery fills)."""
+    """FLOPs per record by torch's flop counter, grad mode on (torch's fused inference kernels stay off): the whole
+    batch at max_len and every record alone at its own lengths (needed: a missing modality still at max_len, which
+    recovery fills), both as the model computed before issue #14 (attention.reference(): every slot decoded, every
+    pair head on every row that misses a modality), and the Scorer's buckets as it computes them now (spent: fused
+    attention, only the slots and heads whose results are read; emmr/nn/emmr.py _infer). The counter sees the
+    matmuls (projections, feed-forward, heads), not the attention scores inside scaled_dot_product_attention,
+    which neither path exposes to it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from emmr.batch import length_buckets
@@ -194,7 +199,7 @@ def flop_counts(scorer, batch) -> dict[str, float]:
     for name, plan in plans.items():
         parts = [(features, lengths_t)] if plan is None else [inputs.bucket(features, lengths_t, b) for b in plan]
         counter = FlopCounterMode(display=False)
-        with torch.enable_grad(), attention.reference(), counter:
+        with torch.enable_grad(), attention.reference() if name != "spent" else contextlib.nullcontext(), counter:
             for f, l in parts:
                 scorer.model(f, l, mode="flagged")
         out[name] = counter.get_total_flops() / len(batch)

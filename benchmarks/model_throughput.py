@@ -3,13 +3,15 @@ ensemble's extra members only on the flagged rows saves.
 
 Issue #14 (`new_over_old`): on the same batch, interleaved,
   new           Scorer.score as it is: length buckets trimmed to their longest record (emmr.batch.length_buckets),
-                fused attention (scaled_dot_product_attention, emmr/nn/attention.py)
-  old           the path before: the whole batch at every modality's max_len, torch's own attention
-                (Scorer.score(batch, trim=False) under emmr.nn.attention.reference())
+                fused attention (scaled_dot_product_attention, emmr/nn/attention.py), only the slots and heads
+                whose results are read (emmr/nn/emmr.py _infer)
+  old           the path before: the whole batch at every modality's max_len, torch's own attention, everything
+                computed (Scorer.score(batch, trim=False) under emmr.nn.attention.reference())
   fused_only    the whole batch at max_len with fused attention; buckets_only: buckets with torch's attention
 Printed: records/s of each, new_over_old (median of per-round ratios of old's seconds over new's), how far the two
 agree (largest probability difference; equal labels and flags), and the FLOPs per record that torch's counter
-counts at max_len, in the buckets (spent) and with each record alone at its own lengths (needed).
+counts at max_len and with each record alone at its own lengths (needed), both as the old path computes, and in
+the new path's buckets as it computes (spent; benchmarks/common.py flop_counts).
 
 For each preset (random weights) and for a trained small model, on synthetic records of which ~30 % miss one
 modality, three variants of the same scoring call take turns (benchmarks/common.py `interleave`):

@@ -97,6 +97,54 @@ def test_the_model_with_fused_attention_equals_the_reference(norm_first, mode):
     assert torch.equal(got.check.key_missing, want.check.key_missing)
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_inference_computes_only_what_is_read_and_gives_what_it_gave(norm_first):
+    """Mode "flagged" with fused attention skips the encoders of modalities no row has, encodes the reconstruction over
+    the present modalities and decodes the missing slots only, and runs L_without_k for missing k (every k on flagged
+    rows): the outputs are those of the full computation (attention.reference()), where they are computed."""
+    torch.manual_seed(15)
+    model = EMMR(CONFIG.with_(norm_first=norm_first)).eval()
+    feats, lengths = lengths_and_features(CONFIG, 40, seed=16)
+    with torch.no_grad(), attention.reference():
+        scores = model(feats, lengths, mode="flagged").check.score
+    incomplete = (lengths == 0).any(dim=1)
+    with torch.no_grad():  # half of the rows that miss a modality flagged: the ensemble runs on some of them only
+        middle = scores[incomplete].sort().values[incomplete.sum() // 2 - 1:][:2]
+        model.flag_threshold.fill_(float(middle.mean()))  # between two rows' scores, not at one (float rounding)
+    parts = [(feats, lengths)]
+    for j in range(len(CONFIG.modalities)):  # a length bucket's batch: every row misses modality j
+        rows = (lengths[:, j] == 0).nonzero().squeeze(1)
+        parts.append(([f[rows] for f in feats], lengths[rows]))
+    for part_feats, part_lengths in parts:
+        with torch.no_grad():
+            got = model(part_feats, part_lengths, mode="flagged")
+            with attention.reference():
+                want = model(part_feats, part_lengths, mode="flagged")
+        flagged = want.check.key_missing
+        if part_lengths is lengths:  # the whole batch has flagged rows and rows that miss a modality but are not
+            assert bool(flagged.any()) and bool((~flagged & (part_lengths == 0).any(dim=1)).any())
+        torch.testing.assert_close(got.logits, want.logits, **TOL)
+        torch.testing.assert_close(got.check.score, want.check.score, **TOL)
+        for field in ("key_missing", "key_modality", "label_full", "label_pair"):
+            assert torch.equal(getattr(got.check, field), getattr(want.check, field)), field
+        computed = (part_lengths == 0) | flagged[:, None]  # (B, M): the L_without_k computed
+        torch.testing.assert_close(got.without_logits[computed], want.without_logits[computed], **TOL)
+        assert not got.without_logits[~computed].any()
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_decoding_at_some_slots_equals_the_decoder_there(norm_first):
+    torch.manual_seed(17)
+    dec = FusedDecoderLayer(16, 4, 24, 0.1, batch_first=True, norm_first=norm_first).eval()
+    x, memory = torch.randn(3, 9, 16), torch.randn(3, 5, 16)
+    x_mask, m_mask = padding_mask([9, 6, 2], 9), padding_mask([5, 3, 1], 5)
+    query = torch.tensor([0, 1, 4, 5, 8])
+    with torch.no_grad():
+        want = dec(x, memory, tgt_key_padding_mask=x_mask, memory_key_padding_mask=m_mask)[:, query]
+        got = attention.decode_at(dec, x, memory, query, x_mask, m_mask)
+    torch.testing.assert_close(got, want, **TOL)
+
+
 def test_fused_attention_trains_as_the_reference():
     """Same gradients (dropout off), so training with the fused kernels learns what it learned before."""
     torch.manual_seed(4)
@@ -221,3 +269,18 @@ def test_the_planner_keeps_small_models_in_one_call_and_splits_paper_size_ones()
     plan = paper.plan(lengths)
     assert 4 < len(plan) <= 64 and sorted(np.concatenate([b.rows for b in plan]).tolist()) == list(range(64))
     assert paper.plan_seconds(plan) < paper.plan_seconds(length_buckets(lengths, (100, 150, 25), 64))
+
+
+def test_the_trimmed_layouts_kept_are_bounded(monkeypatch):
+    """A long-running job meets many combinations of lengths: only the most recently used layouts are kept."""
+    from emmr.nn import layout as layout_module
+
+    monkeypatch.setattr(layout_module, "TRIMMED_CACHE", 5)
+    model = EMMR(CONFIG)
+    first = model.layout.trimmed((3, 4, 2))
+    for n in range(1, 10):
+        got = model.layout.trimmed((n, 9, 4))
+        assert got.lens == (n, 9, 4) and len(got.index) == n + 13
+    assert len(model.layout._trimmed) == 5
+    again = model.layout.trimmed((3, 4, 2))  # evicted, made again the same
+    assert again is not first and torch.equal(again.index, first.index)

@@ -5,8 +5,10 @@ softmax and another matmul with the (B, heads, T, T) weights in memory between t
 Every attention block of the model goes through here with the weights of its `nn.MultiheadAttention` (so
 checkpoints are unchanged): the modality encoders (Eq. 1), the TF member's encoder and decoder layers (Eq. 7) and
 the heads (Eq. 8-9). `FusedEncoderLayer` / `FusedDecoderLayer` are torch's Transformer layers (same parameters,
-same arithmetic, pre- or post-LayerNorm) with their attention computed here. `reference()` switches every block back
-to torch's own implementation, for the tests that hold the two equal and for benchmarks of the old path.
+same arithmetic, pre- or post-LayerNorm) with their attention computed here; `decode_at` a decoder layer's output at
+some slots only. `reference()` switches every block back to torch's own implementation, and the model's inference
+back to computing every slot and head (emmr/nn/emmr.py `_infer`), for the tests that hold the two equal and for
+benchmarks of the old path.
 """
 
 from __future__ import annotations
@@ -100,3 +102,20 @@ class FusedDecoderLayer(nn.TransformerDecoderLayer):
             x = self.norm2(x + self.dropout2(attend(self.multihead_attn, x, memory, memory_key_padding_mask)))
             x = self.norm3(x + self._ff_block(x))
         return x
+
+
+def decode_at(layer: nn.TransformerDecoderLayer, tgt: torch.Tensor, memory: torch.Tensor, query: torch.Tensor,
+              tgt_key_padding_mask: torch.Tensor | None, memory_key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """layer(tgt, memory, ...)[:, query] (inference, fused attention) computing only the slots `query` (Tq,): every slot
+    of tgt is still a key of the self-attention, but the queries, the cross-attention and the feed-forward block run
+    at the asked slots only (a slot's output depends on its own query and on every key). (B, T, h), (B, Tm, h) ->
+    (B, Tq, h)."""
+    t = tgt[:, query]
+    if layer.norm_first:
+        y = layer.norm1(tgt)
+        x = t + layer.dropout1(attend(layer.self_attn, y[:, query], y, tgt_key_padding_mask))
+        x = x + layer.dropout2(attend(layer.multihead_attn, layer.norm2(x), memory, memory_key_padding_mask))
+        return x + layer._ff_block(layer.norm3(x))
+    x = layer.norm1(t + layer.dropout1(attend(layer.self_attn, t, tgt, tgt_key_padding_mask)))
+    x = layer.norm2(x + layer.dropout2(attend(layer.multihead_attn, x, memory, memory_key_padding_mask)))
+    return layer.norm3(x + layer._ff_block(x))

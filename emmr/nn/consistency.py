@@ -41,14 +41,27 @@ class ConsistencyHeads(nn.Module):
         """F (B, T, h), valid (B, T) -> L_full (B, C)."""
         return self.full(encoded, valid, layout.segment)
 
-    def forward_without(self, recovered: torch.Tensor, valid: torch.Tensor, layout: SlotLayout) -> torch.Tensor:
-        """I (B, T, h), valid (B, T) -> L_without (B, M, C)."""
-        out = []
-        for k, head in enumerate(self.without):
-            slots = layout.slots_of([j for j in range(len(self.without)) if j != k])
-            segments = layout.segment[slots]
-            out.append(head(recovered[:, slots], valid[:, slots], segments - (segments > k).long()))
-        return torch.stack(out, dim=1)
+    def forward_without(self, recovered: torch.Tensor, valid: torch.Tensor, layout: SlotLayout,
+                        which: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """I (B, T, h), valid (B, T) -> L_without (B, M, C). With `which` (B, M) bool: only L_without_k[b] where
+        which[b, k] (each head on its rows), written into `out` (B, M, C; zeros when not given), the rest as it was."""
+        if which is None:
+            return torch.stack([self._without(k, recovered, valid, layout) for k in range(len(self.without))], dim=1)
+        if out is None:
+            out = recovered.new_zeros(len(recovered), len(self.without), self.full.classify[-1].out_features)
+        for k in range(len(self.without)):
+            rows = which[:, k].nonzero().squeeze(1)
+            if rows.numel() == len(out):  # every row (a length bucket: its rows miss the same modalities)
+                out[:, k] = self._without(k, recovered, valid, layout).to(out.dtype)
+            elif rows.numel():
+                out[rows, k] = self._without(k, recovered[rows], valid[rows], layout).to(out.dtype)
+        return out
+
+    def _without(self, k: int, recovered: torch.Tensor, valid: torch.Tensor, layout: SlotLayout) -> torch.Tensor:
+        """L_without_k (B, C): the head of every modality but k, over their slots."""
+        slots = layout.slots_of([j for j in range(len(self.without)) if j != k])
+        segments = layout.segment[slots]
+        return self.without[k](recovered[:, slots], valid[:, slots], segments - (segments > k).long())
 
 
 @dataclass

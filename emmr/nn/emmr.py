@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
+from emmr.nn import attention
 from emmr.nn.consistency import Check, ConsistencyHeads, check
 from emmr.nn.ensemble import Ensemble, switch
 from emmr.nn.layout import Layout, Masks, SlotLayout
@@ -142,21 +143,48 @@ class EMMR(nn.Module):
                           ensemble_logits)
 
     def _infer(self, features: list[torch.Tensor], lengths: torch.Tensor) -> EMMROutput:
-        """Mode "flagged": only the work each row needs."""
+        """Mode "flagged": only the work each row needs. With fused attention (the default; attention.reference()
+        computes as before issue #14) also only the slots and heads whose results are read: no encoder for a modality
+        that no row has, the backbone's reconstruction encoded over the present modalities' slots and decoded at the
+        missing ones only, L_without_k for a row's missing modalities only (the check reads nothing else; the flagged
+        rows get every k, which the ensemble's votes read). without_logits is zero where not computed."""
+        lean = attention.fused()
         layout = self.layout_of(features, lengths)
-        z, masks = self.embed(features, lengths, layout)
+        masks = layout.masks(lengths)
+        present = masks.present.any(dim=0).tolist() if lean else None  # (M,) on the host: one sync on a GPU
+        z = self.encoder(features, masks.observed, absent=[not p for p in present] if lean else None)
         backbone, heads = self.members[self.backbone], self.heads[self.backbone]
         c = self.config.num_classes
         recovered = z
         incomplete = masks.missing.any(dim=1).nonzero().squeeze(1)  # rows that miss a modality
         without = z.new_zeros(len(z), len(self.config.modalities), c)
         if incomplete.numel():
-            sub_z, sub_masks = z[incomplete], masks.take(incomplete)
-            decoded = backbone.reconstruct(self.slots(sub_z, layout.index), sub_z, sub_masks)
-            recovered = z.clone()
-            recovered[incomplete] = recover(sub_z, decoded.to(z.dtype), sub_masks.missing_slots)  # Section 3.6
-            without[incomplete] = heads.forward_without(recovered[incomplete], sub_masks.recovered_valid,
-                                                        layout).to(z.dtype)
+            whole = incomplete.numel() == len(z)  # a length bucket of rows that miss a modality: no gather
+            sub_z, sub_masks = (z, masks) if whole else (z[incomplete], masks.take(incomplete))
+            if lean and hasattr(backbone, "reconstruct_at"):
+                sub_missing = sub_masks.missing.any(dim=0).tolist()
+                query = layout.slots_of([j for j, m in enumerate(sub_missing) if m])
+                keep = layout.slots_of([j for j, p in enumerate(sub_masks.present.any(dim=0).tolist()) if p])
+                decoded = backbone.reconstruct_at(self.slots(sub_z, layout.index), sub_masks, keep, query)
+                sub_recovered = sub_z.clone()
+                sub_recovered[:, query] = recover(sub_z[:, query], decoded.to(z.dtype), sub_masks.missing_slots[:, query])
+            else:
+                decoded = backbone.reconstruct(self.slots(sub_z, layout.index), sub_z, sub_masks)
+                sub_recovered = recover(sub_z, decoded.to(z.dtype), sub_masks.missing_slots)  # Section 3.6
+            if whole:
+                recovered = sub_recovered
+            else:
+                recovered = z.clone()
+                recovered[incomplete] = sub_recovered
+            if lean:
+                sub_without = heads.forward_without(sub_recovered, sub_masks.recovered_valid, layout,
+                                                    which=sub_masks.missing)
+            else:
+                sub_without = heads.forward_without(sub_recovered, sub_masks.recovered_valid, layout)
+            if whole:
+                without = sub_without.to(z.dtype)
+            else:
+                without[incomplete] = sub_without.to(z.dtype)
         encoded = backbone.represent(self.slots(recovered, layout.index), recovered, masks.recovered_valid)
         full = heads.forward_full(encoded, masks.recovered_valid, layout)
         chk = check(full, without, masks.missing, self.flag_threshold)
@@ -164,6 +192,9 @@ class EMMR(nn.Module):
         rows = chk.key_missing.nonzero().squeeze(1)  # only the flagged rows meet the other members
         if self.ensemble is not None and rows.numel():
             sub_z, sub_masks = z[rows], masks.take(rows)
+            if lean:  # the ensemble's votes read every L_without_k of these rows
+                without[rows] = heads.forward_without(recovered[rows], sub_masks.recovered_valid, layout,
+                                                      which=sub_masks.present, out=without[rows])
             votes = [Ensemble.vote(full[rows], without[rows])]
             votes += [Ensemble.vote(r.full_logits, r.without_logits)
                       for r in (self.run_member(n, sub_z, sub_masks, layout) for n in self.config.members[1:])]

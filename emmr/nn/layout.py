@@ -10,12 +10,16 @@ what is trimmed is padding, which every attention, pooling and head masks.
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from emmr.config import ModelConfig
+
+TRIMMED_CACHE = 4096  # trimmed layouts kept (each a few kB of index tensors)
 
 
 @dataclass(frozen=True)
@@ -96,25 +100,34 @@ class Layout(nn.Module):
             step += list(range(n))
         self.register_buffer("segment", torch.tensor(seg, dtype=torch.long), persistent=False)  # (T,) modality
         self.register_buffer("step", torch.tensor(step, dtype=torch.long), persistent=False)  # (T,) step in it
-        self._trimmed: dict = {}
+        self._trimmed: OrderedDict = OrderedDict()  # lens -> SlotLayout, the TRIMMED_CACHE most recently used
 
     def full(self) -> SlotLayout:
         return self.trimmed(tuple(self.max_lens))
 
     def trimmed(self, lens: tuple[int, ...]) -> SlotLayout:
-        """The layout with lens[m] slots for modality m (each at most its max_len); cached per lens and device."""
+        """The layout with lens[m] slots for modality m (each at most its max_len); cached per lens and device (the
+        TRIMMED_CACHE most recently used: a long-running job meets many combinations of lengths)."""
         lens = tuple(int(n) for n in lens)
         key = (lens, self.segment.device)
-        if key not in self._trimmed:
-            if len(lens) != len(self.max_lens) or any(not 0 <= n <= top for n, top in zip(lens, self.max_lens)):
-                raise ValueError(f"slots per modality {lens}: expected {len(self.max_lens)} counts, each at most "
-                                 f"{self.max_lens}")
-            starts = [sum(self.max_lens[:j]) for j in range(len(lens))]
-            with torch.inference_mode(False):  # cached: must serve training too, not only inference
-                index = torch.tensor([starts[j] + s for j, n in enumerate(lens) for s in range(n)], dtype=torch.long,
-                                     device=self.segment.device)
-                self._trimmed[key] = SlotLayout(lens, self.segment[index], self.step[index], index)
-        return self._trimmed[key]
+        layout = self._trimmed.get(key)
+        if layout is not None:
+            with contextlib.suppress(KeyError):  # another thread may have just evicted it: it is still returned
+                self._trimmed.move_to_end(key)
+            return layout
+        if len(lens) != len(self.max_lens) or any(not 0 <= n <= top for n, top in zip(lens, self.max_lens)):
+            raise ValueError(f"slots per modality {lens}: expected {len(self.max_lens)} counts, each at most "
+                             f"{self.max_lens}")
+        starts = [sum(self.max_lens[:j]) for j in range(len(lens))]
+        with torch.inference_mode(False):  # cached: must serve training too, not only inference
+            index = torch.tensor([starts[j] + s for j, n in enumerate(lens) for s in range(n)], dtype=torch.long,
+                                 device=self.segment.device)
+            layout = SlotLayout(lens, self.segment[index], self.step[index], index)
+        self._trimmed[key] = layout
+        while len(self._trimmed) > TRIMMED_CACHE:
+            with contextlib.suppress(KeyError):
+                self._trimmed.popitem(last=False)
+        return layout
 
     def masks(self, lengths: torch.Tensor) -> Masks:
         """lengths (B, M) -> Masks of the full layout."""

@@ -46,11 +46,18 @@ class SequenceEncoder(nn.Module):
             for m in config.modalities
         )
 
-    def forward(self, features: list[torch.Tensor], observed: torch.Tensor) -> torch.Tensor:
-        """features: per modality (B, L_m, d_m); observed (B, T) -> Z (B, T, h)."""
+    def forward(self, features: list[torch.Tensor], observed: torch.Tensor,
+                absent: list[bool] | None = None) -> torch.Tensor:
+        """features: per modality (B, L_m, d_m); observed (B, T) -> Z (B, T, h). absent[m] True: no row of the batch
+        has modality m, whose Z is then zeros without computing it (Eq. 1 zeroes every step that is not observed)."""
         out, start = [], 0
-        for enc, x in zip(self.encoders, features):
+        for j, (enc, x) in enumerate(zip(self.encoders, features)):
             n = x.shape[1]
-            out.append(enc(x, observed[:, start : start + n]))
+            out.append(None if absent and absent[j] else enc(x, observed[:, start : start + n]))
             start += n
+        done = next((z for z in out if z is not None), None)
+        if done is None:  # nothing to copy the dtype from (no row has any modality): computed as they are
+            return self.forward(features, observed)
+        out = [z if z is not None else done.new_zeros(len(x), x.shape[1], done.shape[2])
+               for z, x in zip(out, features)]
         return torch.cat(out, dim=1)  # Eq. 2

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from emmr.config import ModelConfig
-from emmr.nn.attention import FusedDecoderLayer, FusedEncoderLayer
+from emmr.nn.attention import FusedDecoderLayer, FusedEncoderLayer, decode_at
 from emmr.nn.layout import Masks
 
 
@@ -29,6 +29,14 @@ class TransformerMember(nn.Module):
         memory = self.encoder(z_in, src_key_padding_mask=~masks.observed)  # (B, T, h)
         return self.decoder(z_in, memory, tgt_key_padding_mask=~masks.recovered_valid,
                             memory_key_padding_mask=~masks.observed)
+
+    def reconstruct_at(self, z_in: torch.Tensor, masks: Masks, keep: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """reconstruct(z_in, ...)[:, query] for inference, computing only what that needs: the encoder over the slots
+        `keep` (those of the modalities some row has: the others are masked keys, so their encodings are never read)
+        and the decoder at the slots `query` (the missing ones: recovery reads nothing else). -> (B, len(query), h)."""
+        observed = masks.observed[:, keep]
+        memory = self.encoder(z_in[:, keep], src_key_padding_mask=~observed)
+        return decode_at(self.decoder, z_in, memory, query, ~masks.recovered_valid, ~observed)
 
     def represent(self, r_in: torch.Tensor, r: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, T, h) -> F (B, T, h)."""
