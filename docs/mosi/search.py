@@ -50,8 +50,8 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "std-wd1e-4": ({}, {**STD, "weight_decay": 1e-4}),
     "std-wd1e-3": ({}, {**STD, "weight_decay": 1e-3}),
     "std-wd1e-2": ({}, {**STD, "weight_decay": 1e-2}),
-    "std-h32": ({"hidden": 32, "ffn": 128, "ae_dims": (24, 16, 8), "mmin_dims": (24, 16)}, STD),
-    "std-h16": ({"hidden": 16, "ffn": 64, "ae_dims": (16, 8, 4), "mmin_dims": (16, 8)}, STD),
+    "std-h32": ({"hidden": 32, "ffn": 128, "ae_dims": (24, 16, 8)}, STD),
+    "std-h16": ({"hidden": 16, "ffn": 64, "ae_dims": (16, 8, 4)}, STD),
     "std-drop0.5": ({"dropout": 0.5}, STD),
     "std-miss0.5": ({}, {**STD, "missing_rate": 0.5}),
     "std-lr3e-4": ({}, {**STD, "lr": 3e-4}),
@@ -60,6 +60,10 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "std-drop0.5-noise0.3": ({"dropout": 0.5}, {**STD, "feature_noise": 0.3}),
     "std-drop0.5-wd1e-3": ({"dropout": 0.5}, {**STD, "weight_decay": 1e-3}),
     "std-noise0.3-wd1e-4": ({}, {**STD, "feature_noise": 0.3, "weight_decay": 1e-4}),
+    # EMMR v2's own training choices (emmr/train.py): what early stopping reads, the pair heads' targets
+    "std-select-acc": ({}, {**STD, "select_metric": "accuracy"}),
+    "std-select-ll": ({}, {**STD, "select_metric": "log_likelihood"}),
+    "std-pairs-hard": ({}, {**STD, "pair_targets": "hard"}),
 }
 
 
