@@ -2,27 +2,84 @@
 
 Reads `emmr compare --cross-fit` output (OUT/metrics.json: dev figures; OUT/cross-fitted/metrics.json) and
 docs/mosi/baselines.json, and prints Markdown: accuracy and macro-F1 by missing rate, dev and cross-fitted
-side by side for every method, the logistic-regression baseline in the first row, and the acceptance checks
-of issue 12.
+side by side for every method, the logistic-regression baseline in the first row, the key-missing flag
+against the frozen teacher's key truth, and the acceptance checks of issue 12.
+
+Several comparison folders (the same data, seeds and settings, different methods: one comparison run as
+several processes) are merged, method by method; `--write DIR` writes the merged table, plots and
+metrics.json to DIR and DIR/cross-fitted as `emmr compare` would have.
 
   .venv/bin/python docs/mosi/tables.py --compare docs/mosi --baselines docs/mosi/baselines.json
+  .venv/bin/python docs/mosi/tables.py --compare runs/core,runs/rest --write docs/mosi --baselines docs/mosi/baselines.json
 """
 import argparse
 import json
 import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from emmr.methods import METHODS  # noqa: E402
+
+SAME = ("train", "val", "test", "seeds", "rates", "model", "train_config")
 
 
-def cell(stats: dict) -> str:
-    return f"{100 * stats['mean']:.1f} ± {100 * stats['std']:.1f}"
+def cell(stats: dict, scale: float = 100.0, digits: int = 1) -> str:
+    if stats["mean"] != stats["mean"]:  # NaN: no run had a value
+        return "n/a"
+    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
+
+
+def merged(folders: list[str], sub: str = "") -> dict:
+    """The metrics.json of every folder, methods merged; the runs must share data, seeds and settings."""
+    docs = [json.load(open(os.path.join(f, sub, "metrics.json"))) for f in folders]
+    first = docs[0]
+    for f, d in zip(folders[1:], docs[1:]):
+        differ = [k for k in SAME if k != "train_config" and d.get(k) != first.get(k)]
+        differ += [k for k, v in d["train_config"].items() if k != "method" and first["train_config"].get(k) != v]
+        if differ:
+            raise SystemExit(f"{f}: not the same comparison as {folders[0]} ({', '.join(differ)} differ)")
+    methods = {m: r for d in docs for m, r in d["methods"].items()}
+    order = [m for m in METHODS if m in methods] + [m for m in methods if m not in METHODS]
+    return {**first, "merged_from": [os.path.join(f, sub) for f in folders], "methods": {m: methods[m] for m in order}}
+
+
+def write(doc: dict, out: str, title: str) -> None:
+    from emmr.report import write_all
+
+    results = doc["methods"]
+    extra = {k: v for k, v in doc.items() if k != "methods"}
+    write_all(results, out, title, list(doc["model"]["label_names"]), extra=extra)
+
+
+def flag_table(dev: dict, crossed: dict, rates: list[str]) -> None:
+    """The key-missing flag against the frozen teacher's key truth, EMMR and TF on the flagged rows."""
+    rows = (("flag AUROC", "flag_auroc"), ("flag precision", "flag_precision"), ("flag recall", "flag_recall"),
+            ("key rate (= a random flag's precision)", "key_truth_rate"), ("flag rate (all records)", "flag_rate"),
+            ("EMMR accuracy on flagged rows", "accuracy_flagged"),
+            ("TF accuracy on the same rows", "accuracy_flagged_backbone"))
+    above = [r for r in rates if r != "0"]
+    for name, res in (("dev", dev), ("cross-fitted", crossed)):
+        by_rate = res["methods"]["emmr"]["by_rate"]
+        print(f"\n### the key-missing flag of EMMR, {name} (%, mean ± std over seeds; n/a: no seed flagged a row)\n")
+        print("| | " + " | ".join(above) + " |")
+        print("| --- |" + " ---: |" * len(above))
+        for label, key in rows:
+            print(f"| {label} | " + " | ".join(cell(by_rate[r][key]) if key in by_rate[r] else "n/a" for r in above) + " |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--compare", required=True, help="output folder of emmr compare --cross-fit")
+    p.add_argument("--compare", required=True, help="output folder(s) of emmr compare --cross-fit, comma-separated")
     p.add_argument("--baselines", required=True, help="docs/mosi/baselines.json")
+    p.add_argument("--write", help="write the merged metrics.json/md/csv and plots here (and in its cross-fitted/)")
     args = p.parse_args()
-    dev = json.load(open(os.path.join(args.compare, "metrics.json")))
-    crossed = json.load(open(os.path.join(args.compare, "cross-fitted", "metrics.json")))
+    folders = [f for f in args.compare.split(",") if f]
+    dev, crossed = merged(folders), merged(folders, "cross-fitted")
+    if args.write:
+        write(dev, args.write, f"Comparison (dev figures: selected and scored on {dev['val']})")
+        write(crossed, os.path.join(args.write, "cross-fitted"),
+              f"Comparison, cross-fitted on {dev['val']} (select on one half by video, score the other)")
     base = json.load(open(args.baselines))["all_modalities_by_rate"]
     rates = list(next(iter(dev["methods"].values()))["by_rate"])
     for metric in ("accuracy", "macro_f1"):
@@ -34,6 +91,7 @@ def main() -> None:
             for name, res in (("dev", dev), ("cross-fitted", crossed)):
                 by_rate = res["methods"][method]["by_rate"]
                 print(f"| {method} | {name} | " + " | ".join(cell(by_rate[r][metric]) for r in rates) + " |")
+    flag_table(dev, crossed, rates)
     print("\n### acceptance (issue 12)\n")
     e, t = dev["methods"]["emmr"]["by_rate"], dev["methods"]["tf"]["by_rate"]
     ec, tc = crossed["methods"]["emmr"]["by_rate"], crossed["methods"]["tf"]["by_rate"]
