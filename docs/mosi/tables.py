@@ -6,7 +6,7 @@ side by side for every method, the logistic-regression baseline in the first row
 against the frozen teacher's key truth, and the acceptance checks of issue 12.
 
 Several comparison folders (the same data, seeds and settings, different methods: one comparison run as
-several processes) are merged, method by method; `--write DIR` writes the merged table, plots and
+several processes) are merged, method by method (a folder without cross-fitted/ adds dev figures only); `--write DIR` writes the merged table, plots and
 metrics.json to DIR and DIR/cross-fitted as `emmr compare` would have.
 
   .venv/bin/python docs/mosi/tables.py --compare docs/mosi --baselines docs/mosi/baselines.json
@@ -31,7 +31,8 @@ def cell(stats: dict, scale: float = 100.0, digits: int = 1) -> str:
 
 
 def merged(folders: list[str], sub: str = "") -> dict:
-    """The metrics.json of every folder, methods merged; the runs must share data, seeds and settings."""
+    """The metrics.json of every folder that has one, methods merged; the runs must share data, seeds and settings."""
+    folders = [f for f in folders if os.path.exists(os.path.join(f, sub, "metrics.json"))]
     docs = [json.load(open(os.path.join(f, sub, "metrics.json"))) for f in folders]
     first = docs[0]
     for f, d in zip(folders[1:], docs[1:]):
@@ -52,20 +53,42 @@ def write(doc: dict, out: str, title: str) -> None:
     write_all(results, out, title, list(doc["model"]["label_names"]), extra=extra)
 
 
+def pooled_flag(runs: list[dict]) -> dict:
+    """Counts over the seeds' runs of one rate, recovered from each run's rates (every simulated missing record
+    misses exactly one modality, so the flag's precision and recall are over all missing records)."""
+    c = {"flagged": 0, "true": 0, "key": 0, "missing": 0, "emmr_right": 0, "tf_right": 0}
+    for r in runs:
+        n = sum(map(sum, r["confusion"]))
+        missing = round(r["missing_fraction"] * n)
+        flagged = round(r["flag_rate"] * n)
+        c["missing"] += missing
+        c["key"] += round(r["key_truth_rate"] * missing) if missing else 0
+        c["flagged"] += flagged
+        if flagged:
+            c["true"] += round(r["flag_precision"] * flagged)
+            c["emmr_right"] += round(r["accuracy_flagged"] * flagged)
+            c["tf_right"] += round(r["accuracy_flagged_backbone"] * flagged)
+    return c
+
+
 def flag_table(dev: dict, crossed: dict, rates: list[str]) -> None:
     """The key-missing flag against the frozen teacher's key truth, EMMR and TF on the flagged rows."""
-    rows = (("flag AUROC", "flag_auroc"), ("flag precision", "flag_precision"), ("flag recall", "flag_recall"),
-            ("key rate (= a random flag's precision)", "key_truth_rate"), ("flag rate (all records)", "flag_rate"),
-            ("EMMR accuracy on flagged rows", "accuracy_flagged"),
-            ("TF accuracy on the same rows", "accuracy_flagged_backbone"))
     above = [r for r in rates if r != "0"]
+    pct = lambda a, b: f"{100 * a / b:.1f} ({a}/{b})" if b else "n/a"  # noqa: E731
     for name, res in (("dev", dev), ("cross-fitted", crossed)):
-        by_rate = res["methods"]["emmr"]["by_rate"]
-        print(f"\n### the key-missing flag of EMMR, {name} (%, mean ± std over seeds; n/a: no seed flagged a row)\n")
+        result = res["methods"]["emmr"]
+        counts = {r: pooled_flag([x for x in result["runs"] if f"{x['rate']:g}" == r]) for r in above}
+        print(f"\n### the key-missing flag of EMMR, {name}: AUROC mean ± std over seeds, the rest pooled over the "
+              f"{res['seeds']} seeds (%, count)\n")
         print("| | " + " | ".join(above) + " |")
         print("| --- |" + " ---: |" * len(above))
-        for label, key in rows:
-            print(f"| {label} | " + " | ".join(cell(by_rate[r][key]) if key in by_rate[r] else "n/a" for r in above) + " |")
+        print("| flag AUROC (key-missing score) | " + " | ".join(cell(result["by_rate"][r]["flag_auroc"]) for r in above) + " |")
+        rows = (("flag precision", "true", "flagged"), ("key rate = a random flag's precision", "key", "missing"),
+                ("flag recall", "true", "key"), ("records flagged, of those missing a modality", "flagged", "missing"),
+                ("EMMR accuracy on flagged rows", "emmr_right", "flagged"),
+                ("TF accuracy on the same rows", "tf_right", "flagged"))
+        for label, a, b in rows:
+            print(f"| {label} | " + " | ".join(pct(counts[r][a], counts[r][b]) for r in above) + " |")
 
 
 def main() -> None:
@@ -89,6 +112,9 @@ def main() -> None:
         print("| logistic regression | dev (nothing selected) | " + " | ".join(cell(base[r][metric]) for r in rates) + " |")
         for method in dev["methods"]:
             for name, res in (("dev", dev), ("cross-fitted", crossed)):
+                if method not in res["methods"]:
+                    print(f"| {method} | {name} | " + " | ".join("not run" for _ in rates) + " |")
+                    continue
                 by_rate = res["methods"][method]["by_rate"]
                 print(f"| {method} | {name} | " + " | ".join(cell(by_rate[r][metric]) for r in rates) + " |")
     flag_table(dev, crossed, rates)
