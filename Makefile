@@ -38,7 +38,8 @@ demo-streaming: venv ## the streaming job on the local Pub/Sub emulator: records
 
 bench: venv ## CPU benchmarks; each prints `name: value` lines, its headline ratio last (JSON in runs/bench/)
 	mkdir -p runs/bench
-	$(PY) benchmarks/model_throughput.py --json runs/bench/model_throughput.json
+	$(PY) benchmarks/model_throughput.py --json runs/bench/model_throughput.json \
+	    $(if $(wildcard runs/bench/paper-trained/checkpoint.json),--trained-paper runs/bench/paper-trained)  # docs/performance.md: how to train it
 	$(PY) benchmarks/gpu.py --device cpu --quick --json runs/bench/gpu-cpu-quick.json
 	$(PY) benchmarks/pipeline_efficiency.py --json runs/bench/pipeline_efficiency.json
 	$(PY) benchmarks/io_ceiling.py --json runs/bench/io_ceiling.json

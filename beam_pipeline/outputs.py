@@ -47,10 +47,9 @@ def prediction_table(scored: ScoredBatch) -> pa.Table:
     info = scored.model
     missing = ~scored.present[keep]  # (n, M)
     per_row = missing.sum(axis=1)
-    missing_names = np.asarray(info.modality_names, dtype=object)[np.nonzero(missing)[1]]  # row-major order
     missing_col = pa.ListArray.from_arrays(
         pa.array(np.concatenate([[0], np.cumsum(per_row)]).astype(np.int32)),
-        pa.array(missing_names.tolist(), pa.string()), type=SCHEMA.field("missing").type)
+        _names(np.nonzero(missing)[1], info.modality_names), type=SCHEMA.field("missing").type)  # row-major order
     probs_col = pa.ListArray.from_arrays(
         pa.array(np.arange(0, (n + 1) * classes, classes, dtype=np.int32)),
         pa.array(probs.reshape(-1), pa.float32()), type=SCHEMA.field("probabilities").type)
@@ -70,7 +69,7 @@ def prediction_table(scored: ScoredBatch) -> pa.Table:
         pa.array(s.label_full[keep].astype(np.int32)),
         pa.array(label_pair.astype(np.int32), mask=label_pair < 0),
         pa.array(s.ensemble_used[keep].astype(bool)),
-        pa.array([info.version] * n, pa.string()),
+        pa.array([info.version], pa.string()).take(np.zeros(n, dtype=np.int32)),
         _times(np.full(n, scored.scored_at_us, dtype=np.int64)),
         _times(b.event_time_us),
         latency,

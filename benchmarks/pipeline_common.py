@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from benchmarks.common import note, random_checkpoint  # noqa: E402
 from emmr import checkpoint, synth  # noqa: E402
 from emmr.batch import load_records  # noqa: E402
-from emmr.config import preset  # noqa: E402
+from emmr.config import ModelConfig, preset  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_WORK_DIR = os.path.join(ROOT, "runs", "bench", "pipeline")
@@ -36,14 +36,16 @@ def quiet_logs() -> None:
 
 
 def model_dir(work_dir: str, preset_name: str) -> str:
-    """A random-weight checkpoint of `preset_name` (written once, then reused while readable)."""
+    """A random-weight checkpoint of `preset_name` (written once, then reused while this code reads it and its
+    configuration is the preset's as this code defines it)."""
     path = os.path.join(work_dir, f"{preset_name}-random")
     if os.path.exists(os.path.join(path, "checkpoint.json")):
         try:
-            checkpoint.read_meta(path)
-            return path
-        except checkpoint.CheckpointError:
-            shutil.rmtree(path)
+            if ModelConfig.from_dict(checkpoint.read_meta(path)["model"]) == preset(preset_name):
+                return path
+        except (checkpoint.CheckpointError, ValueError, KeyError, TypeError):
+            pass
+        shutil.rmtree(path)
     return random_checkpoint(preset_name, path)
 
 

@@ -12,6 +12,8 @@ FIGURES = (
     ("model_throughput.json", "model_records_per_s_paper_cpu", "model_records_per_s_paper_cpu"),
     ("model_throughput.json", "model_records_per_s_small_cpu", "model_records_per_s_small_cpu"),
     ("model_throughput.json", "flagged_only_over_all_members_paper", "flagged_only_over_all_members_paper"),
+    ("model_throughput.json", "new_over_old_paper", "new_over_old_paper"),
+    ("model_throughput.json", "new_over_old_paper_trained", "new_over_old_paper_trained"),
     ("pipeline_efficiency.json", "pipeline_over_model_paper", "pipeline_over_model_paper"),
     ("pipeline_efficiency.json", "pipeline_over_model_small", "pipeline_over_model_small"),
     ("io_ceiling.json", "io_over_pyarrow", "io_over_pyarrow"),
