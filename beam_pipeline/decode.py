@@ -34,7 +34,7 @@ from beam_pipeline import dead_letters
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.elements import NO_TIME, Message, ParquetChunk, ScoringBatch
 from beam_pipeline.padding import canonical_table
-from beam_pipeline.ipc_splice import Splicer, read_spliced
+from beam_pipeline.ipc_splice import Splicer
 from schemas.arrow import SCHEMA_VERSION
 from schemas.message import (ATTR_CONTENT_TYPE, ATTR_ID, ATTR_VERSION, CONTENT_TYPE, CORRUPT_MESSAGE, MAX_MESSAGE_BYTES,
                              MessageError, decode_message)
@@ -350,8 +350,8 @@ def _screen_all(messages: list[Message], at: int, columns: list[str]) -> tuple[l
                                                                              list[DeadLetter]]:
     """Messages -> (groups of one-row records sharing a schema, as tables with their messages; dead letters).
 
-    Plain payloads of one schema are read together as one IPC stream (beam_pipeline/ipc_splice.py); the others,
-    and any group that does not read back cleanly, one by one (`_screen`: exact reasons)."""
+    Plain payloads of one schema are read together as one table (beam_pipeline/ipc_splice.py); the others, and any
+    group that does not read back cleanly, one by one (`_screen`: exact reasons)."""
     splicer, added, one_by_one = Splicer(), [], []
     for m in messages:
         if _attributes_ok(m):
@@ -360,12 +360,11 @@ def _screen_all(messages: list[Message], at: int, columns: list[str]) -> tuple[l
                 continue
         one_by_one.append(m)
     groups: list[tuple[pa.Table, list[Message]]] = []
-    for schema, indexes in splicer.groups.items():
-        t = read_spliced(schema, [splicer.parts[i] for i in indexes], columns)
-        if t is None:
-            one_by_one += [added[i] for i in indexes]
-        else:
-            groups.append((t, [added[i] for i in indexes]))
+    for schema in splicer.groups:
+        t, read, rest = splicer.read(schema, columns)
+        one_by_one += [added[i] for i in rest]
+        if t is not None:
+            groups.append((t, [added[i] for i in read]))
     letters: list[DeadLetter] = []
     alone: list[tuple[pa.Schema, list[pa.RecordBatch], list[Message]]] = []
     for m in one_by_one:

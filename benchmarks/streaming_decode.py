@@ -6,10 +6,12 @@ The same N synthetic records go through the job's own functions, without a runne
 scores are fixed arrays: formatting does not look at their values):
   batch      the Parquet row groups of --batch records read from bytes (as the source reads them), decode_chunk
              (validation, canonical Arrow) + the handler's padding + prediction_table, per row group
-  streaming  decode_messages on --batch Pub/Sub messages v1 (their bytes: screening each, reading the batch as one
-             IPC stream, validating them together)
-             + the handler's padding + prediction_table, per batch: what the job does since it batches messages
-             before decoding
+  streaming  decode_messages on --batch Pub/Sub messages v1 (their bytes: grouped by Schema message, the group's
+             RecordBatch messages joined buffer by buffer into one table (beam_pipeline/ipc_concat.py), validated
+             together) + the handler's padding + prediction_table, per batch: what the job does since it batches
+             messages before decoding
+  reader     the same, with pyarrow's stream reader instead of the joining (as before it: ipc_splice.JOIN_FROM out
+             of reach)
   per_record the old streaming path, one message at a time: decode_message_record + padding + prediction_table
              of a one-record batch (the issue measured 630 us a record for the table alone)
   json       outputs.to_messages: the prediction table as one JSON Pub/Sub message per row (streaming only)
@@ -31,7 +33,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import emit, environment, interleave, median, note, write_json  # noqa: E402
-from beam_pipeline import outputs  # noqa: E402
+from beam_pipeline import ipc_splice, outputs  # noqa: E402
 from beam_pipeline.decode import Decoder, as_message, decode_chunk, decode_message_record, decode_messages  # noqa: E402
 from beam_pipeline.elements import ParquetChunk  # noqa: E402
 from beam_pipeline.handler import ModelInfo, ScoredBatch, _empty_scores  # noqa: E402
@@ -81,6 +83,13 @@ def measure(tag: str, n: int, batch: int, rounds: int, results: dict) -> dict:
             out.append(score_and_format(b))
         return out
 
+    def reader_mode():
+        ipc_splice.JOIN_FROM, before = sys.maxsize, ipc_splice.JOIN_FROM
+        try:
+            return streaming_mode()
+        finally:
+            ipc_splice.JOIN_FROM = before
+
     def per_record():
         return [score_and_format(decode_message_record(m.data, m.attributes, m.message_id, m.publish_time_us,
                                                        decoder)) for m in messages]
@@ -92,19 +101,21 @@ def measure(tag: str, n: int, batch: int, rounds: int, results: dict) -> dict:
     def json_messages():
         return [outputs.to_messages(t) for t in tables]
 
-    times = interleave({"batch": batch_mode, "streaming": streaming_mode, "per_record": per_record,
-                        "json": json_messages}, rounds=rounds)
+    times = interleave({"batch": batch_mode, "streaming": streaming_mode, "reader": reader_mode,
+                        "per_record": per_record, "json": json_messages}, rounds=rounds)
     per = {k: median(v) / n for k, v in times.items()}
     ratios = [s / b for s, b in zip(times["streaming"], times["batch"])]
     note(f"{tag}: {n} records, batch {batch}; us per record: batch {per['batch'] * 1e6:.1f}, streaming "
-         f"{per['streaming'] * 1e6:.1f}, one message at a time {per['per_record'] * 1e6:.1f}; JSON messages "
-         f"{per['json'] * 1e6:.1f}")
+         f"{per['streaming'] * 1e6:.1f} (with pyarrow's reader {per['reader'] * 1e6:.1f}), one message at a time "
+         f"{per['per_record'] * 1e6:.1f}; JSON messages {per['json'] * 1e6:.1f}")
     emit(f"batch_us_per_record_{tag}", per["batch"] * 1e6, results)
     emit(f"streaming_us_per_record_{tag}", per["streaming"] * 1e6, results)
+    emit(f"reader_us_per_record_{tag}", per["reader"] * 1e6, results)
     emit(f"per_message_us_per_record_{tag}", per["per_record"] * 1e6, results)
     emit(f"json_us_per_record_{tag}", per["json"] * 1e6, results)
     emit(f"per_message_over_batch_{tag}", median([p / b for p, b in zip(times["per_record"], times["batch"])]),
          results)
+    emit(f"reader_over_batch_{tag}", median([r / b for r, b in zip(times["reader"], times["batch"])]), results)
     emit(f"streaming_over_batch_{tag}", median(ratios), results)
     return {"records": n, "batch": batch, "seconds": times, "us_per_record": {k: v * 1e6 for k, v in per.items()},
             "streaming_over_batch": median(ratios)}

@@ -10,10 +10,13 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from beam_pipeline import ipc_concat, ipc_splice
 from beam_pipeline.dead_letters import DeadLetter
 from beam_pipeline.decode import (MAX_TIME_US, MIN_TIME_US, Decoder, as_message, compressed_ipc, decode_chunk,
                                   decode_message_record, decode_messages_safely)
 from beam_pipeline.elements import NO_TIME, ParquetChunk, ScoringBatch
+from beam_pipeline.ipc_concat import concatenate
+from beam_pipeline.ipc_splice import Splicer, read_stream
 from beam_pipeline.padding import Padder
 from schemas import ModalitySpec, encode_record, input_schema
 
@@ -214,3 +217,135 @@ def test_a_batch_of_messages_gives_each_message_one_record_or_one_dead_letter(da
     for d in letters:
         assert isinstance(alone[d.source.removeprefix("pubsub:")], DeadLetter)
         assert alone[d.source.removeprefix("pubsub:")].error_kind == d.error_kind
+
+
+def _payload(table: pa.Table, row: int) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table.slice(row, 1))
+    return sink.getvalue().to_pybytes()
+
+
+def _bits(t: pa.DataType) -> pa.DataType:
+    """`t` with its floats as integers of their width (to compare NaNs bit for bit)."""
+    if pa.types.is_floating(t):
+        return {16: pa.int16(), 32: pa.int32(), 64: pa.int64()}[t.bit_width]
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_bits(t.value_type)), t.list_size)
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_bits(t.value_type)))
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_bits(t.value_type)))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_bits(f.type)) for f in t])
+    return t
+
+
+def _same(a: pa.Table, b: pa.Table) -> bool:
+    """The same schema (metadata included) and values, NaNs compared by their bits."""
+    if not a.schema.equals(b.schema, check_metadata=True):
+        return False
+    columns = [(x.combine_chunks(), y.combine_chunks()) for x, y in zip(a.columns, b.columns)]
+    return all(x.view(_bits(x.type)).equals(y.view(_bits(y.type))) for x, y in columns)
+
+
+def _both_ways(payloads: list[bytes], columns):
+    """(ipc_concat's table, each message located alone; the same, laid out alike; the same, sliced message by
+    message; pyarrow's) per schema group."""
+    splicer = Splicer()
+    for payload in payloads:
+        splicer.add(payload)
+    for schema, indexes in splicer.groups.items():
+        parts, plain = [splicer.parts[i] for i in indexes], [splicer.plain(i) for i in indexes]
+        try:
+            full = pa.ipc.read_schema(pa.py_buffer(schema))
+        except (pa.ArrowException, OSError):
+            continue
+        ipc_concat.COPY_MAX, before = 0, ipc_concat.COPY_MAX  # as large messages are: sliced one by one
+        try:
+            sliced = concatenate(full, parts, columns)
+        finally:
+            ipc_concat.COPY_MAX = before
+        yield (concatenate(full, parts, columns, shortcut=False), concatenate(full, parts, columns), sliced,
+               None if None in plain else read_stream(schema, plain, columns))
+
+
+@SETTINGS
+@given(row_groups(), st.data())
+def test_joined_buffers_are_what_pyarrow_reads_or_nothing(table, data):
+    """Streaming joins a batch's one-row RecordBatch messages without pyarrow's reader (beam_pipeline/ipc_concat.py):
+    whatever the table, and with a byte flipped anywhere, it gives exactly the table pyarrow reads from the spliced
+    stream, or declines (None: pyarrow reads them)."""
+    payloads = [_payload(table, r) for r in range(table.num_rows)]
+    flipped = bool(payloads) and data.draw(st.booleans())
+    if flipped:
+        i = data.draw(st.integers(0, len(payloads) - 1))
+        payload = bytearray(payloads[i])
+        payload[data.draw(st.integers(0, len(payload) - 1))] ^= data.draw(st.integers(1, 255))
+        payloads[i] = bytes(payload)
+    columns = data.draw(st.sampled_from([None, ["id", "visual", "text", "label", "event_time"]]))
+    for *ways, want in _both_ways(payloads, columns):
+        for got in ways:
+            if got is not None:
+                assert want is not None and _same(got, want)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=12),
+       st.integers(0, 2**16))
+def test_the_jobs_own_messages_are_joined_without_pyarrows_reader(present, seed):
+    """Messages as schemas.encode_record makes them (modalities, label and event time each present or null) take
+    the fast path, both ways, and give pyarrow's table."""
+    rng = np.random.default_rng(seed)
+    payloads = []
+    for i, (has_visual, has_text, has_label) in enumerate(present):
+        row = {"id": f"r{i}" * (i % 3 + 1), "label": int(rng.integers(0, 3)) if has_label else None,
+               "event_time": None if has_label else 1_700_000_000_000_000 + i}
+        for m, has in zip(MODS, (has_visual, has_text)):
+            steps = int(rng.integers(1, m.max_len + 1))
+            row[m.name] = rng.normal(size=(steps, m.dim)).astype(np.float32).tolist() if has else None
+        t = pa.Table.from_pylist([row], schema=input_schema(MODS))
+        payloads.append(encode_record(t.to_batches()[0])[0])
+    [(*ways, want)] = list(_both_ways(payloads, None))
+    assert want is not None and want.num_rows == len(present)
+    assert all(got is not None and _same(got, want) for got in ways)
+
+
+@SETTINGS
+@given(st.data())
+def test_a_batch_of_messages_decodes_alike_joined_or_read_by_pyarrow(data):
+    """decode_messages joins the buffers of a group of JOIN_FROM messages or more, and reads smaller groups with
+    pyarrow: with the threshold at 1 and out of reach, the same mix of messages gives the same records and dead
+    letters."""
+    messages = []
+    for i in range(data.draw(st.integers(1, 10))):
+        kind = data.draw(st.sampled_from(["record", "record", "table", "bytes"]))
+        if kind == "bytes":
+            payload = data.draw(st.binary(max_size=64))
+        else:
+            table = data.draw(row_groups()) if kind == "table" else pa.Table.from_pylist(
+                [{"id": f"r{i}", "visual": [[0.5] * 3] * (i % 4 + 1), "text": None if i % 3 else [[1.0, 2.0]],
+                  "label": i % 3, "event_time": None}], schema=input_schema(MODS))
+            if not table.num_rows:
+                continue
+            payload = bytearray(_payload(table, 0))
+            if data.draw(st.integers(0, 4)) == 0:  # now and then a byte flipped
+                payload[data.draw(st.integers(0, len(payload) - 1))] ^= data.draw(st.integers(1, 255))
+            payload = bytes(payload)
+        messages.append(as_message(payload, {"schema_version": "1"}, f"m{i}", 1_000_000 + i))
+    outcomes = []
+    for join_from in (1, 10**9):
+        ipc_splice.JOIN_FROM, before = join_from, ipc_splice.JOIN_FROM
+        try:
+            batches, letters = decode_messages_safely(messages, DECODER)
+        finally:
+            ipc_splice.JOIN_FROM = before
+        tables = [(b.table, b.message_ids.tolist()) for b in batches]
+        outcomes.append((tables, sorted((d.source, d.error_kind) for d in letters)))
+    (joined, joined_dead), (read, read_dead) = outcomes
+    assert joined_dead == read_dead
+    by_message = {m: t.slice(r, 1) for t, ids in read for r, m in enumerate(ids)}
+    assert sorted(by_message) == sorted(m for _, ids in joined for m in ids)
+    for t, ids in joined:
+        for r, m in enumerate(ids):
+            assert _same(t.slice(r, 1), by_message[m])
