@@ -4,7 +4,8 @@ from the checkpoints that `emmr compare` saved (reporting only: nothing here cho
 For every seed with both an `emmr` and a `tf` checkpoint, on the protocol's masks for that seed (the same
 masks `emmr compare` evaluated), per record:
 - EMMR against TF on the records that miss a modality: wins (EMMR right, TF wrong) and losses, pooled over
-  seeds and rates, with an exact two-sided sign test; and per seed (summed over rates), a sign test over seeds;
+  seeds and rates, with an exact two-sided sign test; and per seed (net wins summed over rates), a sign test and
+  a Wilcoxon signed-rank test over seeds;
 - on complete records and on records the check did not flag: how many predictions differ (0 by construction);
 - controls: TF x 3, the average of the probabilities of the `tf` models of seeds s, s+1, s+2 (an ensemble that
   is not EMMR's), on every record and only where EMMR's check fires; EMMR's ensemble on every record that
@@ -26,6 +27,7 @@ import re
 
 import numpy as np
 import torch
+from scipy.stats import wilcoxon
 
 from emmr import checkpoint
 from emmr.batch import load_records
@@ -72,7 +74,7 @@ def main() -> None:
     p.add_argument("--test", required=True, help="the test data the comparison was evaluated on")
     p.add_argument("--out", required=True)
     p.add_argument("--table", help="folder for the merged comparison table of every method")
-    p.add_argument("--table-seeds", type=int, default=5, help="the table's seeds: 0 .. N-1 (default 5)")
+    p.add_argument("--table-seeds", type=int, default=5, help="the table's seeds: 0 .. N-1 of each method, as far as it was run (default 5)")
     args = p.parse_args()
     torch.set_num_threads(1)
     ckpts = {}
@@ -157,6 +159,7 @@ def main() -> None:
                                   for k, (w, l) in tally.items()},
         "emmr_minus_tf_per_seed": per_seed,
         "seeds_won_lost": [int(wins), int(losses)], "sign_test_over_seeds_p": sign_p(int(wins), int(losses)),
+        "wilcoxon_over_seeds_p": float(wilcoxon(list(per_seed.values())).pvalue),
         "differences_on_complete_records": complete_diff, "differences_on_unflagged_records": unflagged_diff,
         "flag_auroc": float(np.mean(flag["auroc"])), "oracle_flag_auroc": float(np.mean(flag["ceiling"])),
         "flag_auroc_over_oracle": float(np.mean(flag["auroc"]) / np.mean(flag["ceiling"])),
@@ -181,8 +184,10 @@ def write_table(args, scorer: Scorer) -> None:
             runs.setdefault(method, []).extend(r for r in res["runs"] if r["seed"] < args.table_seeds)
     order = ["emmr", "tf", "ae", "mmin", "emmr-max", "emmr-average", "emmr-no-forward", "emmr-no-backward"]
     results = {m: {"runs": runs[m], "by_rate": aggregate(runs[m])} for m in sorted(runs, key=order.index)}
-    write_all(results, args.table, f"Comparison on {args.test} (seeds 0-{args.table_seeds - 1})",
-              list(scorer.config.label_names), extra={**extra, "seeds": args.table_seeds, "merged_from": args.compare})
+    seeds = {m: sorted({r["seed"] for r in runs[m]}) for m in results}
+    counts = ", ".join(f"{m} {len(s)}" for m, s in seeds.items())
+    write_all(results, args.table, f"Comparison on {args.test} (seeds per method: {counts})",
+              list(scorer.config.label_names), extra={**extra, "seeds": seeds, "merged_from": args.compare})
 
 
 if __name__ == "__main__":
