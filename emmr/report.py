@@ -47,8 +47,10 @@ def markdown(results: dict[str, dict], title: str) -> str:
     """results: method -> evaluate() output. Percentages, mean ± std over seeds."""
     methods = list(results)
     rates = list(next(iter(results.values()))["by_rate"])
-    n_seeds = len({r["seed"] for r in next(iter(results.values()))["runs"]})
-    lines = [f"# {title}", "", f"Mean ± standard deviation over {n_seeds} seeds, in percent.", ""]
+    counts = {m: len({r["seed"] for r in res["runs"]}) for m, res in results.items()}
+    over = (f"{next(iter(counts.values()))} seeds" if len(set(counts.values())) == 1
+            else "each method's seeds (" + ", ".join(f"{m} {n}" for m, n in counts.items()) + ")")
+    lines = [f"# {title}", "", f"Mean ± standard deviation over {over}, in percent.", ""]
     note = already_missing_note(results)
     if note:
         lines += [note, ""]
