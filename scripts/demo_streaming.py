@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -82,19 +83,29 @@ class Processes:
         self.running.append((name, proc))
         return proc
 
-    def stop_all(self) -> None:
-        for name, proc in reversed(self.running):
-            if proc.poll() is None:
-                say(f"   stopping {name} (pid {proc.pid})")
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
-                except ProcessLookupError:
-                    pass
+    def stop_all(self, grace_s: float = 15.0) -> None:
+        """TERM to every process group (the last started first), then KILL to what is still there after grace_s
+        in all: on a loaded machine the job and the emulator stop together, not one after the other."""
+        alive = [(name, proc) for name, proc in reversed(self.running) if proc.poll() is None]
+        for name, proc in alive:
+            say(f"   stopping {name} (pid {proc.pid})")
+            self._signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for name, proc in alive:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"   {name} did not stop in {grace_s:g} s: killed")
+                self._signal(proc, signal.SIGKILL)
+                proc.wait(10)
         self.running.clear()
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, signum: int) -> None:
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
 
 
 def run_quietly(argv: list[str], log: Path) -> None:
@@ -190,10 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes()
     interrupted = False
 
-    def on_signal(signum, frame):  # Ctrl-C or a TERM: stop cleanly, no traceback
-        raise KeyboardInterrupt
+    stop = threading.Event()  # set by Ctrl-C or a TERM once the demo is showing output
 
+    def on_signal(signum, frame):  # Ctrl-C or a TERM: stop cleanly, no traceback
+        if stop_at_next_pull:  # the loop below sees it within a pull's timeout; no exception inside gRPC calls
+            stop.set()
+        else:
+            raise KeyboardInterrupt
+
+    stop_at_next_pull = False
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     counts = {"published": 0, "predictions": 0, "dead letters": 0}
     try:
         model = args.model or train_model(out, emmr)
@@ -238,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
 
         subscriber = pubsub_v1.SubscriberClient()
         last_metrics, shown = time.monotonic(), None
+        stop_at_next_pull = True
         while time.monotonic() - started < args.seconds:
+            if stop.is_set():
+                raise KeyboardInterrupt
             if job.poll() is not None:
                 raise RuntimeError(f"the streaming job exited with status {job.returncode}; see {out / 'job.log'}")
             if publish.poll() is not None and to_publish:  # the synthetic records are out: now the bad ones
