@@ -85,21 +85,28 @@ def test_the_streaming_demo_shows_what_comes_out_and_stops_cleanly_on_ctrl_c(tra
                              "--records", "20", "--rate", "50", "--seconds", "300", "--metrics-every", "2"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines: list[str] = []
+    errors: list[str] = []  # read as it comes too: a full stderr pipe would block the demo (CI saw it hang)
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    err_reader = threading.Thread(target=lambda: errors.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
+    err_reader.start()
     try:
         deadline = time.monotonic() + 240
         while not any(re.search(r"so far: \d+ predictions \+ \d+ dead letters = 28 of 28", l) for l in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines) + proc.stderr.read()
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines) + "".join(errors)
             time.sleep(0.5)
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        status = proc.wait(90)
+        try:
+            status = proc.wait(90)
+        except subprocess.TimeoutExpired:
+            status = None  # reported below with everything it printed
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     reader.join(10)
-    text, err = "".join(lines), proc.stderr.read()
+    err_reader.join(10)
+    text, err = "".join(lines), "".join(errors)
     assert status == 130, text + err
     assert "Traceback" not in text + err
     predictions = re.findall(r"^   prediction   (synth-2-\d+)", text, re.M)
