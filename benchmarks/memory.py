@@ -32,7 +32,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
 from benchmarks.common import emit, environment, median, note, write_json  # noqa: E402
-from benchmarks.pipeline_common import DEFAULT_WORK_DIR, ROOT, data_dir, describe_machine, job_argv, model_dir  # noqa: E402
+from benchmarks.pipeline_common import (DEFAULT_WORK_DIR, ROOT, data_dir, describe_machine, job_argv,  # noqa: E402
+                                        model_dir, stop_processes)
 
 
 def peak_rss_mb(argv: list[str], log_path: str) -> tuple[float, float]:
@@ -131,14 +132,7 @@ def streaming(work_dir: str, seconds: float, rate: float, batch_size: int, resul
             time.sleep(1.0)
         publisher.wait(timeout=60)
     finally:
-        for proc in (publisher, job):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        stop_processes((publisher, job), grace_s=10)
         server.stop()
     rss = [r for _, r in samples if not math.isnan(r)]
     quarter = max(1, len(rss) // 4)

@@ -11,6 +11,7 @@ import glob
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -109,6 +110,18 @@ class ModelLoop:
             s = self.scorer.score(self.batch.take(np.arange(start, min(start + self.batch_size, n))))
             scored += len(s.label_index)
         return scored
+
+
+def stop_processes(procs, grace_s: float) -> None:
+    """Stop the benchmark's own processes (None entries skipped): TERM, then KILL what has not exited in grace_s."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def prediction_files(out: str) -> list[str]:

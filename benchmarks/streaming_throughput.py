@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import numpy as np  # noqa: E402
 
 from benchmarks.common import emit, environment, note, write_json  # noqa: E402
-from benchmarks.pipeline_common import DEFAULT_WORK_DIR, ROOT, data_dir, describe_machine, model_dir  # noqa: E402
+from benchmarks.pipeline_common import (DEFAULT_WORK_DIR, ROOT, data_dir, describe_machine, model_dir,  # noqa: E402
+                                        stop_processes)
 
 
 class Arrivals:
@@ -153,14 +154,7 @@ def run(a, results: dict) -> dict:
         for a_ in (arrivals, dead):
             if a_ is not None:
                 a_.stop()
-        for proc in (publisher, job):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        stop_processes((publisher, job), grace_s=15)
         server.stop()
 
     rows = arrivals.rows
