@@ -25,6 +25,7 @@ import threading
 import time
 
 from beam_pipeline import jobs, metrics
+from beam_pipeline.flags import add_job_source_arguments
 from beam_pipeline.report import ModelFacts
 
 log = logging.getLogger("beam_pipeline")
@@ -87,12 +88,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emmr-score export", description=__doc__.split("\n\n")[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--job_name", help="Dataflow: follow the active job of this name (default emmr-streaming)")
-    p.add_argument("--job", help="a job id: Dataflow's, or local-... (a local run, from the local job store)")
-    p.add_argument("--project", help="Dataflow: the job's project")
-    p.add_argument("--region", help="Dataflow: the job's region")
-    p.add_argument("--job_json", help="instead: a saved Job resource (re-read at every poll)")
-    p.add_argument("--metrics_json", help="with --job_json: a saved JobMetrics (re-read at every poll)")
-    p.add_argument("--jobs_dir", help="the local job store (default $EMMR_JOBS_DIR, else ~/.cache/emmr/jobs)")
+    add_job_source_arguments(p, saved_note="; re-read at every poll")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"serve /metrics here (default {DEFAULT_PORT})")
     p.add_argument("--addr", default="0.0.0.0", help="bind address (default 0.0.0.0)")
     p.add_argument("--poll_s", type=float, default=30.0, help="seconds between reads of the job's metrics (default 30)")

@@ -127,6 +127,17 @@ more of its records than its --max_dead_letter_fraction (default 0.5) are dead l
 """
 
 
+def add_job_source_arguments(p: argparse.ArgumentParser, saved_note: str = "") -> None:
+    """Which job to read (beam_pipeline/jobs.py): a Dataflow job, a local run's record, or saved API responses;
+    shared by `emmr-score report` and `emmr-score export`."""
+    p.add_argument("--job", help="job id: a Dataflow job id, or local-... (a local run, from the local job store)")
+    p.add_argument("--project", help="Dataflow: the job's project")
+    p.add_argument("--region", help="Dataflow: the job's region")
+    p.add_argument("--job_json", help=f"instead of --job: a saved Job resource (REST JSON, e.g. jobs.get){saved_note}")
+    p.add_argument("--metrics_json", help=f"with --job_json: the saved JobMetrics (REST JSON, jobs.getMetrics){saved_note}")
+    p.add_argument("--jobs_dir", help="the local job store (default $EMMR_JOBS_DIR, else ~/.cache/emmr/jobs)")
+
+
 def report_parser() -> argparse.ArgumentParser:
     """`emmr-score report` (beam_pipeline/report.py)."""
     p = argparse.ArgumentParser(
@@ -135,12 +146,7 @@ def report_parser() -> argparse.ArgumentParser:
         "push the summary to a Pushgateway. Reads a Dataflow job through the Dataflow API, a local run from the "
         "local job store, or saved API responses.", epilog=REPORT_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--job", help="job id: a Dataflow job id, or local-... (a local run, from the local job store)")
-    p.add_argument("--project", help="Dataflow: the job's project")
-    p.add_argument("--region", help="Dataflow: the job's region")
-    p.add_argument("--job_json", help="instead of --job: a saved Job resource (REST JSON, e.g. jobs.get)")
-    p.add_argument("--metrics_json", help="with --job_json: the saved JobMetrics (REST JSON, jobs.getMetrics)")
-    p.add_argument("--jobs_dir", help="the local job store (default $EMMR_JOBS_DIR, else ~/.cache/emmr/jobs)")
+    add_job_source_arguments(p)
     p.add_argument("--wait", action="store_true", help="Dataflow: poll until the job has finished")
     p.add_argument("--poll_s", type=float, default=30.0, help="with --wait: seconds between polls (default 30)")
     p.add_argument("--pushgateway", help="push the summary here (host:port or URL), grouping key job=<job name>")
