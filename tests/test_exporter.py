@@ -9,7 +9,6 @@ tests/test_deploy_dashboard.py.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -50,10 +49,8 @@ def test_the_exporter_says_when_it_cannot_read_the_job(tmp_path, caplog):
 
 @pytest.mark.integration
 def test_prometheus_scrapes_the_exported_committed_counts(prometheus, tiny_model, tmp_path):  # noqa: F811
-    job_json, metrics_json = _recorded(tmp_path, tiny_model)
-    job = json.loads(job_json.read_text())
-    job["name"] = name = f"emmr-export-{tmp_path.name[-10:]}".replace("_", "-")
-    job_json.write_text(json.dumps(job))
+    name = f"emmr-export-{tmp_path.name[-10:]}".replace("_", "-")
+    job_json, metrics_json = _recorded(tmp_path, tiny_model, name)
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "beam_pipeline.run", "export", "--job_json", str(job_json),
                              "--metrics_json", str(metrics_json), "--port", str(port), "--addr", LOOPBACK,

@@ -29,11 +29,13 @@ from test_pipeline_batch import inputs, job_argv  # noqa: F401 - the batch input
 DATA = Path(__file__).resolve().parent / "data" / "dataflow"
 
 
-def _recorded(tmp_path: Path, model: str) -> tuple[Path, Path]:
+def _recorded(tmp_path: Path, model: str, name: str | None = None) -> tuple[Path, Path]:
     """The recorded Job and JobMetrics, the job's --model pointed at a local checkpoint (its names: neg/neu/pos and
-    a/b/c, as the recorded metrics)."""
+    a/b/c, as the recorded metrics), and renamed to `name` if given (a job of its own on a shared server)."""
     job = json.loads((DATA / "job-batch.json").read_text())
     job["environment"]["sdkPipelineOptions"]["options"]["model"] = model
+    if name:
+        job["name"] = name
     (tmp_path / "job.json").write_text(json.dumps(job))
     return tmp_path / "job.json", DATA / "metrics-batch.json"
 
@@ -146,10 +148,8 @@ def test_the_console_script_runs_the_report(tiny_model, tmp_path):  # noqa: F811
 
 @pytest.mark.integration
 def test_the_report_pushes_committed_counts_to_the_pushgateway(prometheus, tiny_model, tmp_path):  # noqa: F811
-    job_json, metrics_json = _recorded(tmp_path, tiny_model)
-    job = json.loads(job_json.read_text())
-    job["name"] = name = f"emmr-report-{tmp_path.name[-12:]}".replace("_", "-")
-    job_json.write_text(json.dumps(job))
+    name = f"emmr-report-{tmp_path.name[-12:]}".replace("_", "-")
+    job_json, metrics_json = _recorded(tmp_path, tiny_model, name)
     assert main(["report", "--job_json", str(job_json), "--metrics_json", str(metrics_json),
                  "--pushgateway", prometheus.pushgateway.address]) == 0
 
