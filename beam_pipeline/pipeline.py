@@ -12,7 +12,8 @@
                                         +-----------------------> Flatten -> CountDeadLetters -> dead letter v1
     predictions -> Parquet (--output) and/or JSON -> WriteToPubSub (--output_topic)
     dead letters -> Parquet, or JSON -> WriteToPubSub (--dead_letter as a topic)
-    (Parquet: batch, WriteToParquetBatched; streaming, --file_shards files per window, beam_pipeline/writes.py)
+    (Parquet: batch, the run's files finalised together, then _SUCCESS, beam_pipeline/batch_writes.py; streaming,
+    --file_shards files per window, beam_pipeline/writes.py)
 
 * remote runners only (Dataflow); in-process runners have one worker and go without.
 
@@ -41,6 +42,7 @@ from apache_beam.transforms.util import GroupIntoBatches
 
 from beam_pipeline import acks, coders, dead_letters, metrics, outputs, paths
 from beam_pipeline.acks import AckAfter
+from beam_pipeline.batch_writes import WriteRunFiles
 from beam_pipeline.decode import ELEMENT_BYTES, Decoder, as_message, decode_chunk_safely, decode_messages_safely
 from beam_pipeline.elements import Message, ParquetChunk, ScoringBatch
 from beam_pipeline.faults import BatchFailed
@@ -50,7 +52,7 @@ from beam_pipeline.model_updates import ModelUpdates
 from beam_pipeline.options import LOCAL_RUNNERS, JobConfig, OptionsError, check_options, runs_in_process  # noqa: F401
 from beam_pipeline.sources import ReadMessages, ReadParquetChunks
 from beam_pipeline.worker import ServeMetricsAtWorkerStart  # noqa: F401 - defined here, so Dataflow's workers import it
-from beam_pipeline.writes import MarkSuccess, PublishTables, WriteTables
+from beam_pipeline.writes import PublishTables, WriteWindowFiles
 from emmr import checkpoint
 from emmr.config import ModelConfig
 from schemas.arrow import dead_letter_schema, prediction_schema
@@ -391,20 +393,21 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, model: ModelSpec,
             | "CountDeadLetters" >> beam.ParDo(CountDeadLetters(**served)).with_output_types(pa.Table))
     predictions = formatted.tables
 
-    files = {"streaming": config.streaming, "shards": config.file_shards, "job_id": job_id}
-    written = []
+    parquet = {}  # output -> (its tables, file prefix, schema)
     if config.output:
-        written.append(predictions | "WritePredictions" >> WriteTables(
-            config.file_prefix(config.output), prediction_schema(), ack=ack_predictions, **files))
+        parquet["predictions"] = (predictions, config.file_prefix(config.output), prediction_schema())
     if config.output_topic:
         predictions | "PublishPredictions" >> PublishTables(config.output_topic, outputs.to_messages, ack_predictions)
     if config.dead_letter_is_topic:
         dead | "PublishDeadLetters" >> PublishTables(config.dead_letter, dead_letters.to_messages, ack_dead)
     else:
-        written.append(dead | "WriteDeadLetters" >> WriteTables(
-            config.file_prefix(config.dead_letter), dead_letter_schema(), ack=ack_dead, **files))
-    if not config.streaming and written:  # _SUCCESS, once every file of the run is in place
-        folders = [config.output, None if config.dead_letter_is_topic else config.dead_letter]
-        written | "Written" >> beam.Flatten() | "MarkSuccess" >> MarkSuccess(job_id, config.run_date,
-                                                                             [f for f in folders if f])
+        parquet["dead_letters"] = (dead, config.file_prefix(config.dead_letter), dead_letter_schema())
+    if config.streaming:  # files per window
+        acks_of = {"predictions": ack_predictions, "dead_letters": ack_dead}
+        for name, (tables, prefix, schema) in parquet.items():
+            tables | f"Write{name.title().replace('_', '')}" >> WriteWindowFiles(
+                prefix, schema, shards=config.file_shards, job_id=job_id, ack=acks_of[name])
+    elif parquet:  # the run's files, finalised together, then _SUCCESS (batch_writes.py)
+        {name: tables for name, (tables, _, _) in parquet.items()} | "WriteFiles" >> WriteRunFiles(
+            {name: (prefix, schema) for name, (_, prefix, schema) in parquet.items()}, job_id, config.run_date)
     return Outputs(predictions=predictions, dead_letters=dead)

@@ -1,7 +1,7 @@
 """The job's writers: Arrow tables to Parquet files or to Pub/Sub messages.
 
-Parquet, batch: Beam's WriteToParquetBatched, files `<prefix>-SSSSS-of-NNNNN.parquet`, finalised by Beam once the
-job's bundles are done (a retried bundle's files are discarded).
+Parquet, batch: beam_pipeline/batch_writes.py (files `<prefix>-SSSSS-of-NNNNN.parquet`, finalised together once the
+job's bundles are done, then `_SUCCESS`), with this module's ParquetTableSink.
 
 Parquet, streaming: per event-time window (the job windows its input, beam_pipeline/pipeline.py), Beam's
 `fileio.WriteToFiles` with a Parquet sink: the window's tables are spread over `shards` keys, grouped when the
@@ -65,11 +65,15 @@ class WindowFileNaming:
 
 
 class ParquetTableSink(fileio.FileSink):
-    """Arrow tables -> one Parquet file (fileio's FileSink), a row group per ROW_GROUP_ROWS rows. With `sources`, the
-    Pub/Sub sources of its rows go into the footer (SOURCES_KEY) for acknowledging after the move."""
+    """Arrow tables -> one Parquet file (fileio's FileSink), a row group per `row_group_rows` rows or
+    `row_group_bytes` bytes of buffered tables, whichever comes first (None: no bound). With `sources`, the Pub/Sub
+    sources of its rows go into the footer (SOURCES_KEY) for acknowledging after the move. Also the batch writer's
+    sink (beam_pipeline/batch_writes.py)."""
 
-    def __init__(self, schema: pa.Schema, sources: bool = False):
-        self._schema, self._with_sources = schema, sources
+    def __init__(self, schema: pa.Schema, sources: bool = False, compression: str = "snappy",
+                 row_group_rows: int | None = ROW_GROUP_ROWS, row_group_bytes: int | None = None):
+        self._schema, self._with_sources, self._compression = schema, sources, compression
+        self._row_group_rows, self._row_group_bytes = row_group_rows, row_group_bytes
 
     def create_metadata(self, destination, full_file_name):
         return fileio.FileMetadata(mime_type="application/vnd.apache.parquet",
@@ -78,9 +82,9 @@ class ParquetTableSink(fileio.FileSink):
     def open(self, fh) -> None:
         import pyarrow.parquet as pq
 
-        self._writer = pq.ParquetWriter(fh, self._schema)
+        self._writer = pq.ParquetWriter(fh, self._schema, compression=self._compression)
         self._pending: list[pa.Table] = []
-        self._rows = 0
+        self._rows = self._bytes = 0
         self._sources: list[str] = []
 
     def write(self, table: pa.Table) -> None:
@@ -88,13 +92,15 @@ class ParquetTableSink(fileio.FileSink):
             self._sources += acks.sources_of(table)
         self._pending.append(table.replace_schema_metadata(self._schema.metadata))
         self._rows += table.num_rows
-        if self._rows >= ROW_GROUP_ROWS:
+        self._bytes += table.nbytes
+        if ((self._row_group_rows is not None and self._rows >= self._row_group_rows)
+                or (self._row_group_bytes is not None and self._bytes >= self._row_group_bytes)):
             self._write_pending()
 
     def _write_pending(self) -> None:
         if self._pending:
             self._writer.write_table(pa.concat_tables(self._pending), row_group_size=max(self._rows, 1))
-        self._pending, self._rows = [], 0
+        self._pending, self._rows, self._bytes = [], 0, 0
 
     def flush(self) -> None:
         self._write_pending()
@@ -144,19 +150,17 @@ def split_rows(table: pa.Table, parts: int):
         yield piece
 
 
-class WriteTables(beam.PTransform):
-    """Arrow tables -> Parquet: batch, Beam's WriteToParquetBatched; streaming, windowed fileio.WriteToFiles with
-    `shards` files per window (module docstring). Returns the written files (streaming: FileResults)."""
+class WriteWindowFiles(beam.PTransform):
+    """Streaming: Arrow tables -> Parquet, windowed fileio.WriteToFiles with `shards` files per window (module
+    docstring). Returns the FileResults. (Batch: beam_pipeline/batch_writes.py.)"""
 
-    def __init__(self, prefix: str, schema: pa.Schema, streaming: bool, shards: int = 1, job_id: str | None = None,
+    def __init__(self, prefix: str, schema: pa.Schema, shards: int = 1, job_id: str | None = None,
                  ack: AckAfter | None = None):
         super().__init__()
-        self._prefix, self._schema, self._streaming = prefix, schema, streaming
+        self._prefix, self._schema = prefix, schema
         self._shards, self._job_id, self._ack = shards, job_id, ack
 
     def expand(self, tables):
-        if not self._streaming:
-            return tables | beam.io.WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
         from apache_beam.io.filesystems import FileSystems
 
         directory, name = FileSystems.split(self._prefix)
@@ -169,44 +173,6 @@ class WriteTables(beam.PTransform):
         if self._ack is not None:
             files | "AckWritten" >> beam.ParDo(_AckWrittenFiles(directory, self._ack))
         return files
-
-
-SUCCESS = "_SUCCESS"
-
-
-class _WriteMarker(beam.DoFn):
-    def __init__(self, run_id: str | None, run_date: str, prefixes: list[str]):
-        self._run_id, self._run_date, self._prefixes = run_id, run_date, prefixes
-
-    def process(self, files: list[str]):
-        from datetime import datetime, timezone
-
-        from apache_beam.io.filesystems import FileSystems
-
-        folders = list(dict.fromkeys(FileSystems.split(p)[0] for p in self._prefixes))
-        body = {"run_id": self._run_id, "run_date": self._run_date, "files": sorted(files),
-                "written_at": datetime.now(timezone.utc).isoformat()}
-        for folder in folders:
-            path = FileSystems.join(folder, SUCCESS)
-            with FileSystems.create(path) as f:
-                f.write(json.dumps(body, indent=1).encode())
-            yield path
-
-
-class MarkSuccess(beam.PTransform):
-    """Batch: once Beam has finalised every output file of the run, `_SUCCESS` in each output folder (written
-    last; a failed run writes none): JSON with the run id, the run date and every file the run wrote. A rerun of
-    the same day writes its own files beside the earlier run's (the names carry the run id) and replaces
-    `_SUCCESS`: readers take the files it lists."""
-
-    def __init__(self, run_id: str | None, run_date: str, prefixes: list[str]):
-        super().__init__()
-        self._run_id, self._run_date, self._prefixes = run_id, run_date, prefixes
-
-    def expand(self, files):
-        return (files
-                | "AllFiles" >> beam.combiners.ToList()
-                | "WriteMarker" >> beam.ParDo(_WriteMarker(self._run_id, self._run_date, self._prefixes)))
 
 
 class PublishTables(beam.PTransform):

@@ -173,6 +173,7 @@ def test_gcs_input_model_and_outputs(gcs_emulator, trained, tmp_path):  # noqa: 
                    "--summary_json", f"{root}/out/summary.json", "--batch_size", "128"])
     fs = gcs_emulator.pyarrow_fs()
     files = {i.path for i in fs.get_file_info(FileSelector(f"{bucket}/out"))}
+    assert not [f for f in files if "/.temp-" in f]  # the writers' temporary files are gone
     predictions = pq.read_table([f for f in files if "/predictions" in f], filesystem=fs)
     dead = pq.read_table([f for f in files if "/dead_letters" in f], filesystem=fs)
     records = pq.read_table(trained["files"]).num_rows + table.num_rows
