@@ -275,12 +275,11 @@ class EMMRModelHandler(ModelHandler[ScoringBatch, ScoredBatch, LoadedModel]):
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         n, classes = table.num_rows, len(info.label_names)
         scores, failures = _empty_scores(n, classes), {}
-        present = np.zeros((n, len(info.modality_names)), dtype=bool)
         padded = self.pad([table])  # once for the whole table (an element: about decode.ELEMENT_BYTES of records)
+        present = padded.present()  # (n, M), the modalities each record has
         for start in range(0, n, self._batch_size):
             started = self._clock.perf_counter()
             records = padded.take(slice(start, start + self._batch_size))  # views of the padded buffers
-            present[start : start + len(records)] = np.stack([records.lengths[m] > 0 for m in records.names], axis=1)
             outcome = score_robustly(model, records, classes)
             rec.observe(metrics.INFERENCE_LATENCY, self._clock.perf_counter() - started)
             rec.observe(metrics.BATCH_SIZE, len(records))

@@ -17,7 +17,6 @@ import pyarrow.compute as pc
 from emmr.batch import ModalityBatch
 from schemas.arrow import TIMESTAMP, input_schema, modality_type
 from schemas.modality import ModalitySpec
-from schemas.validate import frame_rows
 
 
 def _combined(col) -> pa.Array:
@@ -108,10 +107,11 @@ class Padder:
                                  "(validation lets none through)")
             if steps.sum():
                 values = col.flatten().flatten().to_numpy(zero_copy_only=False).reshape(-1, m.dim)  # (frames, dim)
-                rows = frame_rows(steps)
-                at = np.arange(len(rows)) - np.repeat(np.cumsum(steps) - steps, steps)
-                out[rows, at] = values
+                starts = np.cumsum(steps) - steps  # each row's first frame in `values`
+                # frame f of row r goes to row r * max_len + (f - starts[r]) of out seen as (n * max_len, dim)
+                at = np.arange(len(values)) + np.repeat(np.arange(n) * m.max_len - starts, steps)
+                out.reshape(-1, m.dim)[at] = values
             features[m.name], lengths[m.name] = out, steps
-        ids = np.asarray(t.column("id").to_pylist(), dtype=object)
+        ids = t.column("id").to_numpy(zero_copy_only=False)  # (n,) object
         labels = t.column("label").fill_null(-1).to_numpy().astype(np.int64, copy=False)
         return ModalityBatch(ids=ids, features=features, lengths=lengths, labels=labels)
