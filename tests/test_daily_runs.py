@@ -52,7 +52,7 @@ def test_a_rerun_of_a_day_writes_beside_the_first_and_success_names_its_files(ti
     assert first.job_id != second.job_id and first.conserved and second.conserved
     day = tmp_path / "predictions" / "dt=2026-07-20"
     names = sorted(p.name for p in day.glob("*.parquet"))
-    assert len(names) == 2 and {n.split("-local-")[1].split("-0")[0] for n in names} == {
+    assert len(names) == 2 and {n.split("-local-")[1].rsplit("-", 3)[0] for n in names} == {
         first.job_id.removeprefix("local-"), second.job_id.removeprefix("local-")}
     marker = json.loads((day / "_SUCCESS").read_text())
     assert marker["run_id"] == second.job_id and marker["run_date"] == "2026-07-20"
