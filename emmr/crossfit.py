@@ -93,8 +93,9 @@ class CrossFitScorer:
 
 def cross_fitted(train: ModalityBatch, dev: ModalityBatch, dev_table, video_of: dict[str, str], model_cfg: ModelConfig,
                  train_cfg: TrainConfig, methods: list[str], seeds: int, rates, out_dir: str | None = None,
-                 progress: bool = False) -> dict[str, dict]:
-    """Like emmr.compare.compare with --val = --test = dev, cross-fitted: -> method -> evaluate()-shaped results.
+                 progress: bool = False, first_seed: int = 0) -> dict[str, dict]:
+    """Like emmr.compare.compare with --val = --test = dev, cross-fitted: -> method -> evaluate()-shaped results
+    whose runs span the seeds first_seed .. first_seed + seeds - 1.
 
     Per seed, the halves are re-drawn (so the spread over seeds includes the choice of halves), one frozen
     full-modality network is trained per half, and every method is trained twice, once selected on each half.
@@ -102,7 +103,7 @@ def cross_fitted(train: ModalityBatch, dev: ModalityBatch, dev_table, video_of: 
     from emmr.compare import train_methods
 
     runs: dict[str, list] = {m: [] for m in methods}
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         cfg = replace(train_cfg, seed=seed)
         half = video_halves(dev.ids, video_of, seed)
         half_of = dict(zip(dev.ids.tolist(), half.tolist()))

@@ -65,7 +65,7 @@ def test_each_record_is_scored_by_the_model_selected_on_the_other_half():
 def test_compare_cross_fit_writes_dev_and_cross_fitted_tables(mosi_like, tmp_path):  # noqa: F811
     out = tmp_path / "cmp"
     argv = ["compare", "--train", str(mosi_like / "train"), "--val", str(mosi_like / "dev"), "--cross-fit",
-            "--out", str(out), "--methods", "tf", "--seeds", "1", "--epochs", "1", "--teacher-epochs", "1",
+            "--out", str(out), "--methods", "tf", "--seeds", "1", "--first-seed", "1", "--epochs", "1", "--teacher-epochs", "1",
             "--missing-rates", "0,0.5"]
     assert cli_main(argv) == 0
     dev = json.loads((out / "metrics.json").read_text())
@@ -77,6 +77,8 @@ def test_compare_cross_fit_writes_dev_and_cross_fitted_tables(mosi_like, tmp_pat
         assert {"flag_precision", "flag_recall", "flag_auroc", "key_truth_rate"} <= set(res["methods"]["tf"]["runs"][1])
         assert all(0 <= r["accuracy"] <= 1 for r in res["methods"]["tf"]["runs"])
         assert sum(map(sum, res["methods"]["tf"]["by_rate"]["0"]["confusion"])) == 6  # every dev record, once
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["tf-seed0", "tf-seed0-half0", "tf-seed0-half1"]
+    for res in (dev, crossed):  # --first-seed 1: both tables are of seed 1
+        assert {r["seed"] for r in res["methods"]["tf"]["runs"]} == {1}
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["tf-seed1", "tf-seed1-half0", "tf-seed1-half1"]
     assert cli_main(["compare", "--train", str(mosi_like / "train"), "--test", str(mosi_like / "dev"), "--cross-fit",
                      "--out", str(out)]) == 2

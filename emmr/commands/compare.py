@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     kind = "dev figures: selected and scored on" if test_path == args.val else "on"
     paths = write_all(results, args.out, f"Comparison ({kind} {test_path})", list(model_cfg.label_names), extra=extra)
     if args.cross_fit:
-        crossed = cross_fitted(train, val, val_table, video_of, model_cfg, train_cfg, methods, args.seeds, rates, args.out)
+        crossed = cross_fitted(train, val, val_table, video_of, model_cfg, train_cfg, methods, args.seeds, rates, args.out,
+                               first_seed=args.first_seed)
         folder = os.path.join(args.out, "cross-fitted")
         paths += [os.path.join("cross-fitted", p) for p in write_all(
             crossed, folder, f"Comparison, cross-fitted on {args.val} (select on one half by video, score the other)",
