@@ -17,7 +17,7 @@ gone and whose final name exists was moved by an earlier attempt. Files are unco
 WriteToParquetBatched wrote them before.
 
 This replaces a WriteToParquetBatched per output and a CombineGlobally for the marker: 7 transforms instead of 35,
-5 of the DirectRunner's bundles instead of 14, and Beam's cost of building, translating and setting up a job is per
+6 of the DirectRunner's bundles instead of 14, and Beam's cost of building, translating and setting up a job is per
 transform and per stage (docs/performance.md, the I/O ceiling).
 """
 
