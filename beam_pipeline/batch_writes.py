@@ -3,8 +3,10 @@
     {"predictions": tables, "dead_letters": tables} | "WriteFiles" >> WriteRunFiles(outputs, run_id, run_date)
 
 - `WriteFiles/WritePredictions`, `WriteFiles/WriteDeadLetters`: each bundle writes the tables it gets to a temporary file of its own,
-  `<folder>/.temp-<name>/<uuid>.parquet` (name: the prefix's last part, which carries the run id), a row group per
-  ROW_GROUP_BYTES of buffered tables, and reports the file when the bundle finishes;
+  `<folder>/.temp-<name>/<uuid>.parquet` (name: the prefix's last part, which carries the run id), each table written
+  as it comes as a row group of its own, as WriteToParquetBatched did (buffering the tables of a bundle instead kept
+  the paper preset's peak memory about 20 MB higher at 10x input: docs/performance.md), and reports the file when the
+  bundle finishes;
 - `Start` (an Impulse: the step below runs even when no record came) and the reports meet under one key in
   `Collect` (a GroupByKey: after every bundle of the run);
 - `Finish` moves each output's files to their final names (`<prefix>-00000-of-00002.parquet`, ...; an
@@ -38,7 +40,6 @@ from beam_pipeline.writes import ParquetTableSink
 
 log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS"
-ROW_GROUP_BYTES = 64 << 20  # tables buffered before a row group is written (WriteToParquetBatched's default)
 MIME = "application/vnd.apache.parquet"
 KEY = 0  # the one key every report goes under
 
@@ -65,8 +66,7 @@ class _WriteBundleFiles(beam.DoFn):
         if self._sink is None:
             self._path = FileSystems.join(temp_folder(self._prefix), f"{uuid.uuid4().hex}.parquet")
             self._file = FileSystems.create(self._path, mime_type=MIME)
-            self._sink = ParquetTableSink(self._schema, compression="none", row_group_rows=None,
-                                          row_group_bytes=ROW_GROUP_BYTES)
+            self._sink = ParquetTableSink(self._schema, compression="none", row_group_rows=1)  # each table as it comes
             self._sink.open(self._file)
         self._sink.write(table)
 

@@ -65,15 +65,15 @@ class WindowFileNaming:
 
 
 class ParquetTableSink(fileio.FileSink):
-    """Arrow tables -> one Parquet file (fileio's FileSink), a row group per `row_group_rows` rows or
-    `row_group_bytes` bytes of buffered tables, whichever comes first (None: no bound). With `sources`, the Pub/Sub
-    sources of its rows go into the footer (SOURCES_KEY) for acknowledging after the move. Also the batch writer's
-    sink (beam_pipeline/batch_writes.py)."""
+    """Arrow tables -> one Parquet file (fileio's FileSink), tables buffered until they hold `row_group_rows` rows,
+    then written as one row group (1: each table as it comes). With `sources`, the Pub/Sub sources of its rows go into
+    the footer (SOURCES_KEY) for acknowledging after the move. Also the batch writer's sink
+    (beam_pipeline/batch_writes.py)."""
 
     def __init__(self, schema: pa.Schema, sources: bool = False, compression: str = "snappy",
-                 row_group_rows: int | None = ROW_GROUP_ROWS, row_group_bytes: int | None = None):
+                 row_group_rows: int = ROW_GROUP_ROWS):
         self._schema, self._with_sources, self._compression = schema, sources, compression
-        self._row_group_rows, self._row_group_bytes = row_group_rows, row_group_bytes
+        self._row_group_rows = row_group_rows
 
     def create_metadata(self, destination, full_file_name):
         return fileio.FileMetadata(mime_type="application/vnd.apache.parquet",
@@ -84,7 +84,7 @@ class ParquetTableSink(fileio.FileSink):
 
         self._writer = pq.ParquetWriter(fh, self._schema, compression=self._compression)
         self._pending: list[pa.Table] = []
-        self._rows = self._bytes = 0
+        self._rows = 0
         self._sources: list[str] = []
 
     def write(self, table: pa.Table) -> None:
@@ -92,15 +92,13 @@ class ParquetTableSink(fileio.FileSink):
             self._sources += acks.sources_of(table)
         self._pending.append(table.replace_schema_metadata(self._schema.metadata))
         self._rows += table.num_rows
-        self._bytes += table.nbytes
-        if ((self._row_group_rows is not None and self._rows >= self._row_group_rows)
-                or (self._row_group_bytes is not None and self._bytes >= self._row_group_bytes)):
+        if self._rows >= self._row_group_rows:
             self._write_pending()
 
     def _write_pending(self) -> None:
         if self._pending:
             self._writer.write_table(pa.concat_tables(self._pending), row_group_size=max(self._rows, 1))
-        self._pending, self._rows, self._bytes = [], 0, 0
+        self._pending, self._rows = [], 0
 
     def flush(self) -> None:
         self._write_pending()
