@@ -9,8 +9,8 @@ keeps up: a file of fresh records each scored within KEPT_UP_S) for MIN_2 full w
 loaded machine makes the run longer, not the evidence thinner (bounded by LIMIT_S). Then every message is in
 exactly one file (predictions by record id, dead letters by message id), every file lies in the window its name
 says (publication time = scored_at - latency_s), each (window, job, firing) has at most K files, numbered 0..n-1
-of n, and every steady window (job 1's; job 2's once it was live, until publishing stopped) has exactly K of one
-firing. File names carry the job id: job 2 never rewrites a file of job 1.
+of n, and every steady window (job 1's and job 2's once each was live, job 2's until publishing stopped) has exactly K of
+one firing. File names carry the job id: job 2 never rewrites a file of job 1.
 """
 
 from __future__ import annotations
@@ -91,11 +91,15 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
     try:
         publisher.start()
         seen: set[str] = set()
-        while True:  # kill job 1 just after it put a window's files in place, half way and with MIN_1 full windows
+        live_1 = None  # job 1 starts as publishing begins: its first windows hold what came during its start-up
+        while True:  # kill job 1 just after it put a window's files in place, half way, MIN_1 full windows after it was live
             assert job1.poll() is None, (tmp_path / "job1.log").read_text()[-3000:]
             assert time.time() - began < LIMIT_S, f"job 1 wrote {sorted(seen)} in {LIMIT_S} s"
+            if live_1 is None and _keeps_up(out, set(), began):
+                live_1 = time.time()
             names = {p.name for p in _files(out)}
-            if names - seen and time.time() - began > PUBLISH_S / 2 and len(_full_windows(out)) >= MIN_1:
+            if (names - seen and time.time() - began > PUBLISH_S / 2 and live_1 is not None
+                    and len({w for w in _full_windows(out) if live_1 <= _t(w)}) >= MIN_1):
                 time.sleep(1.0)  # its acknowledgements are sent; the next window fires about WINDOW_S later
                 break
             seen = names
@@ -156,14 +160,14 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
         for pane, n in {(p, n) for p, _, n in files}:
             indexes = sorted(i for p, i, total in files if (p, total) == (pane, n))
             assert indexes == sorted(set(indexes)) and all(0 <= i < n <= 2 * K for i in indexes), key
-    # steady state: job 1's windows (it ran before publishing began, and was killed just after a window's files);
-    # job 2's from when it was live (keeping up: past its start-up, the backlog and what job 1 had not written, all
-    # published before) until publishing stopped. Each window with data for both shards is K files of
-    # one firing.
+    # steady state: job 1's windows from when it was live (keeping up: past its start-up, during which publishing had
+    # begun) until it was killed, just after a window's files; job 2's from when it was live (past its start-up, the
+    # backlog and what job 1 had not written, all published before) until publishing stopped. Each window with data
+    # for both shards is K files of one firing.
     job1, job2 = (j for j in jobs if j in " ".join(written_by_1)), (j for j in jobs if j not in " ".join(written_by_1))
     job1, job2 = next(job1), next(job2)
     full = {key for key in windows if key[0] == "predictions" and rows_in[key] >= 2 * RATE}
-    steady_1 = [key for key in full if key[2] == job1]
+    steady_1 = [key for key in full if key[2] == job1 and live_1 <= _t(key[1])]
     steady_2 = [key for key in full
                 if key[2] == job2 and live_from <= _t(key[1]) and _t(key[1]) + WINDOW_S <= publish_ended]
     assert len(steady_1) >= MIN_1 and len(steady_2) >= MIN_2, (sorted(steady_1), sorted(steady_2), sorted(windows))
