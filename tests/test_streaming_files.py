@@ -9,8 +9,9 @@ keeps up: a file of fresh records each scored within KEPT_UP_S) for MIN_2 full w
 loaded machine makes the run longer, not the evidence thinner (bounded by LIMIT_S). Then every message is in
 exactly one file (predictions by record id, dead letters by message id), every file lies in the window its name
 says (publication time = scored_at - latency_s), each (window, job, firing) has at most K files, numbered 0..n-1
-of n, and every steady window (job 1's and job 2's once each was live, job 2's until publishing stopped) has exactly K of
-one firing. File names carry the job id: job 2 never rewrites a file of job 1.
+of n, and every steady window (job 1's and job 2's once each was live, job 2's until publishing stopped) has exactly K
+files in its on-time firing (a late firing, which the DirectRunner's wall-clock watermark makes after a backlog, adds at
+most K more). File names carry the job id: job 2 never rewrites a file of job 1.
 """
 
 from __future__ import annotations
@@ -171,9 +172,13 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
     steady_2 = [key for key in full
                 if key[2] == job2 and live_from <= _t(key[1]) and _t(key[1]) + WINDOW_S <= publish_ended]
     assert len(steady_1) >= MIN_1 and len(steady_2) >= MIN_2, (sorted(steady_1), sorted(steady_2), sorted(windows))
+    # The on-time firing of a steady window is K files. A late firing may add up to K more: the DirectRunner's
+    # Pub/Sub watermark is the wall clock at each pull, so records a loaded machine leaves in a backlog past their
+    # window's end come late (seen in CI after a job was live; never a record twice).
     steady = steady_1 + steady_2
-    assert all(len(windows[k]) == K and {p for p, _, _ in windows[k]} == {"0"} for k in steady), {
-        k: windows[k] for k in steady if len(windows[k]) != K or {p for p, _, _ in windows[k]} != {"0"}}
+    per_firing = {k: [sum(p == pane for p, _, _ in windows[k]) for pane in {p for p, _, _ in windows[k]}] for k in steady}
+    assert all(sum(p == "0" for p, _, _ in windows[k]) == K and max(per_firing[k]) <= K for k in steady), {
+        k: windows[k] for k in steady if sum(p == "0" for p, _, _ in windows[k]) != K or max(per_firing[k]) > K}
 
 
 def _keeps_up(out: Path, earlier: set[str], since: float) -> bool:
