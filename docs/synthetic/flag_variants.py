@@ -47,7 +47,8 @@ def at_label(p_full: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return 1.0 - np.take_along_axis(p_full, labels, axis=1)
 
 
-def variants(scorer: Scorer, masked, truth: SynthTruth, missing: np.ndarray) -> dict[str, np.ndarray]:
+def variants(scorer: Scorer, masked, truth: SynthTruth, oracle) -> dict[str, np.ndarray]:
+    """-> name -> (N, M) scores; `oracle` is emmr.oracle.oracle_scores on the same masks."""
     part = scorer.standardizer.apply(masked) if scorer.standardizer is not None else masked
     with torch.inference_mode():
         features, lengths = model_inputs(part, scorer.config.modality_names, scorer.device)
@@ -57,7 +58,6 @@ def variants(scorer: Scorer, masked, truth: SynthTruth, missing: np.ndarray) -> 
     full, pair = probs[scorer.model.backbone]
     mean_pair = np.mean([p for _, p in probs.values()], axis=0)
     ensemble = out.ensemble_logits.float().softmax(-1).numpy()
-    oracle = oracle_scores(truth, missing)
     return {
         "backbone": disagreement(full, pair),
         "members_mean": np.mean([disagreement(f, p) for f, p in probs.values()], axis=0),
@@ -89,9 +89,10 @@ def main() -> None:
             single = missing.sum(axis=1) == 1
             rows, k = np.flatnonzero(single), missing.argmax(axis=1)[single]
             key = truth.key[rows, k]
-            for name, score in variants(scorer, masked, truth, missing).items():
+            oracle = oracle_scores(truth, missing)
+            for name, score in variants(scorer, masked, truth, oracle).items():
                 found.setdefault(name, []).append(auroc(key, score[rows, k]))
-            found.setdefault("oracle", []).append(auroc(key, oracle_scores(truth, missing).key_missing_score[rows]))
+            found.setdefault("oracle", []).append(auroc(key, oracle.key_missing_score[rows]))
         print(f"{path}: " + ", ".join(f"{n} {np.mean(v[-len(RATES):]):.4f}" for n, v in found.items()), flush=True)
     summary = {n: float(np.mean(v)) for n, v in found.items()}
     summary.update({f"{n}_over_oracle": v / summary["oracle"] for n, v in list(summary.items()) if n != "oracle"})
