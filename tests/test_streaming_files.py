@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -175,10 +175,9 @@ def test_streaming_files_per_window_exactly_once_across_a_restart(pubsub_emulato
     # The on-time firing of a steady window is K files. A late firing may add up to K more: the DirectRunner's
     # Pub/Sub watermark is the wall clock at each pull, so records a loaded machine leaves in a backlog past their
     # window's end come late (seen in CI after a job was live; never a record twice).
-    steady = steady_1 + steady_2
-    per_firing = {k: [sum(p == pane for p, _, _ in windows[k]) for pane in {p for p, _, _ in windows[k]}] for k in steady}
-    assert all(sum(p == "0" for p, _, _ in windows[k]) == K and max(per_firing[k]) <= K for k in steady), {
-        k: windows[k] for k in steady if sum(p == "0" for p, _, _ in windows[k]) != K or max(per_firing[k]) > K}
+    files_per_firing = {k: Counter(p for p, _, _ in windows[k]) for k in steady_1 + steady_2}
+    assert all(n["0"] == K and max(n.values()) <= K for n in files_per_firing.values()), {
+        k: windows[k] for k, n in files_per_firing.items() if n["0"] != K or max(n.values()) > K}
 
 
 def _keeps_up(out: Path, earlier: set[str], since: float) -> bool:
