@@ -12,6 +12,9 @@ and p_without taken from:
   ensemble_full      the ensemble's output (Eq. 13, run on every row) as L_full, the backbone's L_without_k
   ensemble_meanpair  the ensemble's output, the members' mean L_without_k
   argmax_pair        1 - p_full(argmax p_without_k), the oracle's form with the backbone's heads
+  teacher_pair       the backbone's L_full, the frozen teacher itself as L_without_k: its label distribution on
+                     the masked record with the missing modality's part neutralised (what the pair heads are
+                     trained to give, emmr/keytruth.py, computed at inference instead of learned)
 Decomposition (which head costs what):
   oracle_full        the oracle's posterior as p_full, the backbone's L_without_k
   true_pair          the backbone's L_full, the generator's label_without_k as p_without (one-hot)
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from emmr.batch import load_records
+from emmr.checkpoint import load_teacher
 from emmr.evaluate import protocol_masks
 from emmr.metrics import auroc
 from emmr.oracle import SynthTruth, oracle_scores
@@ -47,12 +51,23 @@ def at_label(p_full: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return 1.0 - np.take_along_axis(p_full, labels, axis=1)
 
 
-def variants(scorer: Scorer, masked, truth: SynthTruth, oracle) -> dict[str, np.ndarray]:
+def teacher_without(teacher, features, lengths, missing: np.ndarray) -> np.ndarray:
+    """(N, M, C): the teacher's probabilities with every missing modality's part of its representation neutral
+    (the same for every k: on a record missing one modality, k's)."""
+    _, rep = teacher(features, lengths)
+    parts = rep.view(len(rep), len(teacher.neutral), -1)
+    parts = torch.where(torch.as_tensor(missing)[:, :, None], teacher.neutral[None], parts)
+    probs = teacher.head(parts.flatten(1)).float().softmax(-1)
+    return probs[:, None, :].expand(-1, len(teacher.neutral), -1).numpy()
+
+
+def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> dict[str, np.ndarray]:
     """-> name -> (N, M) scores; `oracle` is emmr.oracle.oracle_scores on the same masks."""
     part = scorer.standardizer.apply(masked) if scorer.standardizer is not None else masked
     with torch.inference_mode():
         features, lengths = model_inputs(part, scorer.config.modality_names, scorer.device)
         out = scorer.model(features, lengths, mode="all")
+        teacher_pair = teacher_without(teacher, features, lengths, ~masked.present())
     probs = {n: (r.full_logits.float().softmax(-1).numpy(), r.without_logits.float().softmax(-1).numpy())
              for n, r in out.runs.items()}
     full, pair = probs[scorer.model.backbone]
@@ -65,6 +80,7 @@ def variants(scorer: Scorer, masked, truth: SynthTruth, oracle) -> dict[str, np.
         "ensemble_full": disagreement(ensemble, pair),
         "ensemble_meanpair": disagreement(ensemble, mean_pair),
         "argmax_pair": at_label(full, pair.argmax(-1)),
+        "teacher_pair": disagreement(full, teacher_pair),
         "oracle_full": disagreement(oracle.probabilities, pair),
         "true_pair": at_label(full, truth.label_without),
         "ensemble_true_pair": at_label(ensemble, truth.label_without),
@@ -80,7 +96,7 @@ def main() -> None:
     found: dict[str, list[float]] = {}
     for path in args.checkpoints:
         seed = int(path.rstrip("/").rsplit("seed", 1)[1])
-        scorer = Scorer.load(path)
+        scorer, teacher = Scorer.load(path), load_teacher(path)
         batch, table = load_records(args.data, scorer.config.modalities, scorer.config.num_classes)
         truth = SynthTruth.from_table(table, scorer.config.modality_names)
         for _, _, drop in protocol_masks(batch.present(), list(RATES), [seed]):
@@ -90,7 +106,7 @@ def main() -> None:
             rows, k = np.flatnonzero(single), missing.argmax(axis=1)[single]
             key = truth.key[rows, k]
             oracle = oracle_scores(truth, missing)
-            for name, score in variants(scorer, masked, truth, oracle).items():
+            for name, score in variants(scorer, teacher, masked, truth, oracle).items():
                 found.setdefault(name, []).append(auroc(key, score[rows, k]))
             found.setdefault("oracle", []).append(auroc(key, oracle.key_missing_score[rows]))
         print(f"{path}: " + ", ".join(f"{n} {np.mean(v[-len(RATES):]):.4f}" for n, v in found.items()), flush=True)
