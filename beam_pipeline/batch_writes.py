@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from datetime import datetime, timezone
 
@@ -78,12 +79,19 @@ class _WriteBundleFiles(beam.DoFn):
         self._file = self._sink = self._path = None
 
 
+def _present(sources: list[str], destinations: list[str]) -> set[str]:
+    """Which of these files exist, from one listing of the run's own files: its temporary folders and its final
+    names' common prefix, never the whole output folder (which may hold every earlier run's files)."""
+    patterns = {FileSystems.join(FileSystems.split(p)[0], "*") for p in sources}
+    patterns.add(os.path.commonprefix(destinations) + "*")
+    return {m.path for r in FileSystems.match(sorted(patterns)) for m in r.metadata_list}
+
+
 def _move(sources: list[str], destinations: list[str]) -> None:
     """Rename each source to its destination; a pair an earlier attempt already moved is skipped."""
     if not sources:
         return
-    folders = {FileSystems.split(p)[0] for p in sources} | {FileSystems.split(p)[0] for p in destinations}
-    present = {m.path for r in FileSystems.match([FileSystems.join(f, "*") for f in folders]) for m in r.metadata_list}
+    present = _present(sources, destinations)
     pairs = []
     for src, dst in zip(sources, destinations):
         if src in present:

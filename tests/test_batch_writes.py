@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing import test_pipeline as beam_testing
 
+from apache_beam.io.filesystems import FileSystems
+
 from beam_pipeline.batch_writes import SUCCESS, WriteRunFiles, _FinishRun, _WriteBundleFiles, temp_folder
 
 SCHEMA = pa.schema([("id", pa.string()), ("score", pa.float32())], metadata={b"emmr": b"test"})
@@ -65,6 +67,30 @@ def test_an_unreported_bundle_file_is_dropped_and_a_retried_finish_moves_nothing
     before = {f: open(f, "rb").read() for f in (done, f"{tmp_path}/dead-run1-00000-of-00001.parquet")}
     assert list(finish.process((0, [None, *kept]))) == first  # a retried finish: moved already, nothing lost
     assert {f: open(f, "rb").read() for f in before} == before
+
+
+def test_finishing_lists_the_runs_own_files_only(tmp_path, monkeypatch):
+    """An output folder that holds earlier runs' files (a daily job writing to one folder) is not listed whole:
+    on gs:// that listing grows with every run. The earlier run's files stay as they were."""
+    outs = outputs(tmp_path)
+    os.makedirs(tmp_path / "pred")
+    earlier = [tmp_path / "pred" / f"part-run0-0000{i}-of-00002.parquet" for i in range(2)]
+    for f in earlier:
+        pq.write_table(table([i for i in range(3)]), f)
+    listed, match = [], FileSystems.match
+
+    def recording_match(patterns, *args, **kwargs):
+        found = match(patterns, *args, **kwargs)
+        listed.extend(m.path for r in found for m in r.metadata_list)
+        return found
+
+    monkeypatch.setattr(FileSystems, "match", recording_match)
+    write = _WriteBundleFiles("predictions", *outs["predictions"])
+    reports = bundle(write, [table(range(3))]) + bundle(write, [table(range(3, 5))])
+    list(_FinishRun(outs, "run1", "2026-07-20").process((0, [None, *reports])))
+    assert listed and not set(listed) & {str(f) for f in earlier}
+    assert all(pq.read_table(f).num_rows == 3 for f in earlier)
+    assert len(json.loads((tmp_path / "pred" / SUCCESS).read_text())["files"]) == 3  # its own 2 files + dead letters
 
 
 def test_the_transform_on_the_direct_runner(tmp_path):
