@@ -14,7 +14,8 @@ without its Reshuffle (on the DirectRunner a Reshuffle held the whole decoded in
 The DirectRunner runs the job in that one process (the default --direct_num_workers=1), so its peak RSS is
 the job's. With --streaming-s S, the streaming job (small preset) also runs for S seconds reading the Pub/Sub emulator
 while `emmr publish` sends --streaming-rate records/s; its RSS (/proc/PID/status VmRSS) is sampled every
-second and the median of the last quarter of the samples over that of the first quarter is printed.
+second and the median of the last quarter of the samples over that of the first quarter is printed
+(--streaming-window-s and --streaming-allowed-lateness-s set the job's windows and how long it keeps them).
 
   .venv/bin/python benchmarks/memory.py [--quick] [--json runs/bench/memory.json]
 """
@@ -25,6 +26,7 @@ import argparse
 import glob
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -86,10 +88,12 @@ def vm_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def streaming(work_dir: str, seconds: float, rate: float, batch_size: int, results: dict) -> dict:
+def streaming(work_dir: str, seconds: float, rate: float, batch_size: int, results: dict,
+              window_s: float = 5.0, allowed_lateness_s: float | None = None) -> dict:
     """The streaming job (small preset) reading a subscription of the Pub/Sub emulator (started the way
     tests/servers.py starts it) while `emmr publish` sends `rate` records/s for `seconds`; the job's RSS is
-    sampled every second. -> RSS at the first and last quarter of the flow and their ratio."""
+    sampled every second. -> RSS at the first and last quarter of the flow and their ratio. The job keeps each
+    window's state until the window is `allowed_lateness_s` past its end (the job's default: a day)."""
     import math
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -114,7 +118,9 @@ def streaming(work_dir: str, seconds: float, rate: float, batch_size: int, resul
         env = {**os.environ, **emu.env}
         argv = ["--runner=DirectRunner", "--streaming", "--input_subscription", sub, "--model", model,
                 "--output", os.path.join(out, "predictions", "part"), "--dead_letter", os.path.join(out, "dead", "part"),
-                "--window_s", "5", "--batch_size", str(batch_size), "--torch_threads", "1", "--metrics_port", "0"]
+                "--window_s", f"{window_s:g}", "--batch_size", str(batch_size), "--torch_threads", "1", "--metrics_port", "0"]
+        if allowed_lateness_s is not None:
+            argv += ["--allowed_lateness_s", f"{allowed_lateness_s:g}"]
         job_log = open(os.path.join(logs, "job.log"), "w")
         job = subprocess.Popen([sys.executable, "-m", "beam_pipeline.run", *argv], cwd=ROOT, env=env, stdout=job_log,
                                stderr=subprocess.STDOUT)
@@ -141,15 +147,21 @@ def streaming(work_dir: str, seconds: float, rate: float, batch_size: int, resul
 
     files = glob.glob(os.path.join(out, "predictions", "part-*.parquet"))
     written = sum(pq.read_metadata(f).num_rows for f in files)
-    note(f"streaming: {int(seconds * rate)} records published at {rate:g}/s over {seconds:g} s, batch {batch_size}; "
+    flow = [(t, r) for t, r in samples[quarter:] if not math.isnan(r)]  # after the first quarter: the growth, if any
+    slope = 60.0 * statistics.linear_regression([t for t, _ in flow], [r for _, r in flow]).slope if len(flow) > 1 else 0.0
+    note(f"streaming: {int(seconds * rate)} records published at {rate:g}/s over {seconds:g} s, batch {batch_size}, "
+         f"windows of {window_s:g} s kept {allowed_lateness_s if allowed_lateness_s is not None else 'the default'} s "
+         f"after their end; RSS grows {slope:.2f} MB/min after the first quarter; "
          f"RSS MB every ~5 s: {[round(r) for r in rss[::5]]}; {written} predictions in {len(files)} files when stopped "
          "(5 s after the last publication)")
     emit("streaming_predictions_written", written, results)
     emit("streaming_rss_mb_first_quarter", first, results)
     emit("streaming_rss_mb_last_quarter", last, results)
     emit("streaming_rss_mb_max", max(rss), results)
+    emit("streaming_rss_mb_per_min_after_first_quarter", slope, results)
     emit("streaming_rss_last_over_first_quarter", last / first, results)
-    return {"samples": samples, "first_quarter_mb": first, "last_quarter_mb": last, "prediction_files": len(files),
+    return {"samples": samples, "first_quarter_mb": first, "last_quarter_mb": last, "mb_per_min": slope,
+            "window_s": window_s, "allowed_lateness_s": allowed_lateness_s, "prediction_files": len(files),
             "predictions_written": written, "published": int(seconds * rate)}
 
 
@@ -167,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the streaming job this many seconds on the Pub/Sub emulator, sampling its RSS "
                         "(default 0: not run; needs java and the emulator jar)")
     p.add_argument("--streaming-rate", type=float, default=100.0, help="records/s published (default 100)")
+    p.add_argument("--streaming-window-s", type=float, default=5.0, help="the streaming job's --window_s (default 5)")
+    p.add_argument("--streaming-allowed-lateness-s", type=float, default=None,
+                   help="the streaming job's --allowed_lateness_s (default: the job's own, a day)")
     p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="data, checkpoints, outputs (default runs/bench/pipeline)")
     p.add_argument("--json", default=None, help="also write the figures here")
     a = p.parse_args(argv)
@@ -180,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         records = getattr(a, f"records_{tag}")
         figures[tag] = measure(tag, a.work_dir, records, getattr(a, f"batch_{tag}"), a.rounds, results)
     if a.streaming_s > 0:
-        figures["streaming"] = streaming(a.work_dir, a.streaming_s, a.streaming_rate, 64, results)
+        figures["streaming"] = streaming(a.work_dir, a.streaming_s, a.streaming_rate, 64, results,
+                                         a.streaming_window_s, a.streaming_allowed_lateness_s)
     for tag in presets[:-1]:
         emit(f"memory_10x_over_1x_{tag}", figures[tag]["memory_10x_over_1x"], results)
     emit(f"memory_10x_over_1x_{presets[-1]}", figures[presets[-1]]["memory_10x_over_1x"], results)
