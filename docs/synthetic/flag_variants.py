@@ -19,8 +19,9 @@ Decomposition (which head costs what):
   oracle_full        the oracle's posterior as p_full, the backbone's L_without_k
   true_pair          the backbone's L_full, the generator's label_without_k as p_without (one-hot)
   ensemble_true_pair the ensemble's output, the generator's label_without_k
-and the oracle's own score (emmr/oracle.py). The non-backbone variants need every member on every record that
-misses a modality; the model runs the other members on the flagged records only.
+and the oracle's own score (emmr/oracle.py); and how often the backbone's pair head and the teacher give the
+generator's label without k (`*_label_agreement`, on the same records). The non-backbone variants need every
+member on every record that misses a modality; the model runs the other members on the flagged records only.
 
   python docs/synthetic/flag_variants.py --data runs/synth/val runs/synth/cmp-s*/checkpoints/emmr-seed*
 """
@@ -61,8 +62,9 @@ def teacher_without(teacher, features, lengths, missing: np.ndarray) -> np.ndarr
     return probs[:, None, :].expand(-1, len(teacher.neutral), -1).numpy()
 
 
-def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> dict[str, np.ndarray]:
-    """-> name -> (N, M) scores; `oracle` is emmr.oracle.oracle_scores on the same masks."""
+def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> tuple[dict[str, np.ndarray], dict]:
+    """-> (name -> (N, M) scores, name -> (N, M) labels without k); `oracle` is emmr.oracle.oracle_scores on the
+    same masks."""
     part = scorer.standardizer.apply(masked) if scorer.standardizer is not None else masked
     with torch.inference_mode():
         features, lengths = model_inputs(part, scorer.config.modality_names, scorer.device)
@@ -73,6 +75,7 @@ def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> dict
     full, pair = probs[scorer.model.backbone]
     mean_pair = np.mean([p for _, p in probs.values()], axis=0)
     ensemble = out.ensemble_logits.float().softmax(-1).numpy()
+    labels = {"pair": pair.argmax(-1), "teacher_pair": teacher_pair.argmax(-1)}
     return {
         "backbone": disagreement(full, pair),
         "members_mean": np.mean([disagreement(f, p) for f, p in probs.values()], axis=0),
@@ -84,7 +87,7 @@ def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> dict
         "oracle_full": disagreement(oracle.probabilities, pair),
         "true_pair": at_label(full, truth.label_without),
         "ensemble_true_pair": at_label(ensemble, truth.label_without),
-    }
+    }, labels
 
 
 def main() -> None:
@@ -94,6 +97,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     found: dict[str, list[float]] = {}
+    agree: dict[str, list[float]] = {}
     for path in args.checkpoints:
         seed = int(path.rstrip("/").rsplit("seed", 1)[1])
         scorer, teacher = Scorer.load(path), load_teacher(path)
@@ -106,12 +110,17 @@ def main() -> None:
             rows, k = np.flatnonzero(single), missing.argmax(axis=1)[single]
             key = truth.key[rows, k]
             oracle = oracle_scores(truth, missing)
-            for name, score in variants(scorer, teacher, masked, truth, oracle).items():
+            scores, labels = variants(scorer, teacher, masked, truth, oracle)
+            for name, score in scores.items():
                 found.setdefault(name, []).append(auroc(key, score[rows, k]))
+            for name, label in labels.items():
+                agree.setdefault(f"{name}_label_agreement", []).append(
+                    float((label[rows, k] == truth.label_without[rows, k]).mean()))
             found.setdefault("oracle", []).append(auroc(key, oracle.key_missing_score[rows]))
         print(f"{path}: " + ", ".join(f"{n} {np.mean(v[-len(RATES):]):.4f}" for n, v in found.items()), flush=True)
     summary = {n: float(np.mean(v)) for n, v in found.items()}
     summary.update({f"{n}_over_oracle": v / summary["oracle"] for n, v in list(summary.items()) if n != "oracle"})
+    summary.update({n: float(np.mean(v)) for n, v in agree.items()})
     print(json.dumps(summary, indent=1))
 
 
