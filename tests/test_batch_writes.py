@@ -10,9 +10,8 @@ import os
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.testing import test_pipeline as beam_testing
-
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.testing import test_pipeline as beam_testing
 
 from beam_pipeline.batch_writes import SUCCESS, WriteRunFiles, _FinishRun, _WriteBundleFiles, temp_folder
 

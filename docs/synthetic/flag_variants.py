@@ -52,16 +52,6 @@ def at_label(p_full: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return 1.0 - np.take_along_axis(p_full, labels, axis=1)
 
 
-def teacher_without(teacher, features, lengths, missing: np.ndarray) -> np.ndarray:
-    """(N, M, C): the teacher's probabilities with every missing modality's part of its representation neutral
-    (the same for every k: on a record missing one modality, k's)."""
-    _, rep = teacher(features, lengths)
-    parts = rep.view(len(rep), len(teacher.neutral), -1)
-    parts = torch.where(torch.as_tensor(missing)[:, :, None], teacher.neutral[None], parts)
-    probs = teacher.head(parts.flatten(1)).float().softmax(-1)
-    return probs[:, None, :].expand(-1, len(teacher.neutral), -1).numpy()
-
-
 def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> tuple[dict[str, np.ndarray], dict]:
     """-> (name -> (N, M) scores, name -> (N, M) labels without k); `oracle` is emmr.oracle.oracle_scores on the
     same masks."""
@@ -69,7 +59,8 @@ def variants(scorer: Scorer, teacher, masked, truth: SynthTruth, oracle) -> tupl
     with torch.inference_mode():
         features, lengths = model_inputs(part, scorer.config.modality_names, scorer.device)
         out = scorer.model(features, lengths, mode="all")
-        teacher_pair = teacher_without(teacher, features, lengths, ~masked.present())
+        # the teacher with k's part neutral, each k in turn: on a record missing k alone, k's part has no steps
+        teacher_pair = teacher.neutralised_logits(features, lengths).float().softmax(-1).numpy()
     probs = {n: (r.full_logits.float().softmax(-1).numpy(), r.without_logits.float().softmax(-1).numpy())
              for n, r in out.runs.items()}
     full, pair = probs[scorer.model.backbone]
