@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -30,6 +31,7 @@ from emmr.nn.emmr import EMMR
 from emmr.nn.losses import backward_loss, ensemble_loss, forward_loss, heads_loss, total_loss
 from emmr.nn.teacher import FullModalityNetwork
 from emmr.tensors import model_inputs
+from emmr.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # cross-entropy's ignore_index: no pair target for records that were not complete
@@ -60,6 +62,7 @@ class TrainConfig:
     label_smoothing: float = 0.0  # of every cross-entropy (teacher, outputs, heads)
     val_fraction: float = 0.2  # carved from the training data when no validation set is given
     patience: int = 10  # stop after this many epochs without a better validation score
+    weight_average: float = 0.0  # decay of the weights' moving average that is validated and kept; 0: the last step's
     select_metric: str = "macro_f1"
     seed: int = 0
     device: str = "cpu"
@@ -85,7 +88,7 @@ class TrainConfig:
         return (self.epochs, self.batch_size, self.lr, self.weight_decay, self.lambda_forward, self.lambda_backward,
                 self.aux_weight, self.missing_rate, self.missing_probs, self.flag_target, self.pair_targets,
                 self.standardize, self.feature_noise, self.feature_dropout, self.label_smoothing, self.patience,
-                self.select_metric, self.seed)
+                self.select_metric, self.weight_average, self.seed)
 
 
 @dataclass
@@ -147,8 +150,11 @@ def _scores(labels: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def _fit(model, params, batch_fn, n, epochs, cfg, validate, desc, progress):
-    """The shared optimisation loop: Adam, minibatches, per-epoch validation, best state kept."""
+    """The shared optimisation loop: Adam, minibatches, per-epoch validation, best state kept. With
+    `cfg.weight_average`, validation scores and the kept state are the weights' moving average (emmr/weight_average.py)."""
+    params = list(params)
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    average = WeightAverage(params, cfg.weight_average) if cfg.weight_average else None
     best, best_state, history, since_best = None, None, [], 0
     for epoch in range(epochs):
         model.train()
@@ -161,17 +167,22 @@ def _fit(model, params, batch_fn, n, epochs, cfg, validate, desc, progress):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if average is not None:
+                    average.update()
                 total, count = total + loss.item() * len(idx), count + len(idx)
                 meter.update(len(idx))
-        scores = validate()
+        with average.swapped() if average is not None else nullcontext():
+            scores = validate()
+            improved = best is None or scores[cfg.select_metric] > best[cfg.select_metric]
+            if improved:
+                best_state = copy.deepcopy(model.state_dict())
         history.append({"epoch": epoch + 1, "loss": total / max(count, 1), **scores, "seconds": time.perf_counter() - started})
-        improved = best is None or scores[cfg.select_metric] > best[cfg.select_metric]
         log.info("%s epoch %d/%d: loss %.4f, val accuracy %.4f, val macro-F1 %.4f, val log-likelihood %.4f%s "
                  "(%.1f s, %.0f records/s)", desc, epoch + 1, epochs, history[-1]["loss"], scores["accuracy"],
                  scores["macro_f1"], scores["log_likelihood"], " (best)" if improved else "", history[-1]["seconds"],
                  count / max(history[-1]["seconds"], 1e-9))
         if improved:
-            best, best_state, since_best = {**scores, "epoch": epoch + 1}, copy.deepcopy(model.state_dict()), 0
+            best, since_best = {**scores, "epoch": epoch + 1}, 0
         else:
             since_best += 1
             if since_best >= cfg.patience:
