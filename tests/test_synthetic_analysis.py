@@ -47,3 +47,14 @@ def test_analyse_and_flag_variants_on_a_compare_run(tmp_path, small_config):
     summary = json.loads(text[text.index("{\n"):])
     assert {"backbone", "ensemble_full", "true_pair", "oracle", "backbone_over_oracle"} <= set(summary)
     assert all(0 <= v <= 1 for k, v in summary.items() if not k.endswith("_over_oracle"))
+
+
+def test_backbone_flag_trains_with_the_settings_given(tmp_path, small_config):
+    for split, records, seed in (("train", 120, 21), ("val", 60, 22), ("test", 80, 23)):
+        synth.write(synth.SynthParams(records=records, seed=seed), small_config.modalities, str(tmp_path / split))
+    text = _script("backbone_flag.py", "--data", str(tmp_path), "--seed", "1", "--set", "epochs=1",
+                   "--set", "teacher_epochs=1", "--set", "weight_average=0")
+    run = json.loads(text.strip().splitlines()[-1])
+    assert run["seed"] == 1 and run["set"] == {"epochs": 1, "teacher_epochs": 1, "weight_average": 0}
+    assert 0 <= run["flag_auroc"] <= 1 and 0 < run["oracle_auroc"] <= 1 and 0 <= run["accuracy_missing_0.3"] <= 1
+    assert run["ratio"] == pytest.approx(run["flag_auroc"] / run["oracle_auroc"])
