@@ -66,6 +66,8 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "std-select-acc": ({}, {**STD, "select_metric": "accuracy"}),
     "std-select-ll": ({}, {**STD, "select_metric": "log_likelihood"}),
     "std-pairs-hard": ({}, {**STD, "pair_targets": "hard"}),
+    "std-noise1.0-avg": ({}, {**STD, "feature_noise": 1.0, "weight_average": 0.995}),
+    "std-noise1.0-avg-ll": ({}, {**STD, "feature_noise": 1.0, "weight_average": 0.995, "select_metric": "log_likelihood"}),
 }
 
 
