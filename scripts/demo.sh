@@ -24,7 +24,7 @@ EOF
 stamp
 
 echo "== 2. train a small EMMR model (few epochs: a demo, not a benchmark) -> $out/model"
-emmr train --data "$out/data/train" --out "$out/model" --preset small --epochs 3 --teacher-epochs 2 \
+emmr train --data "$out/data/train" --out "$out/model" --preset small --epochs 12 --teacher-epochs 6 \
     --batch-size 64 --no-progress
 stamp
 
@@ -65,7 +65,7 @@ pairs = [(flags[i], truth_key[r]) for i, r in enumerate(ids) if r in truth_key]
 if pairs:
     f, t = np.array(pairs).T
     print(f"   against the planted truth: {int((f & t).sum())} of {int(t.sum())} key-missing records flagged, "
-          f"{int((f & ~t).sum())} of {int((~t).sum())} others flagged (by a 3-epoch demo model)")
+          f"{int((f & ~t).sum())} of {int((~t).sum())} others flagged (by a 12-epoch demo model)")
 print(f"   predictions by label: {summary['predictions_by_label']}")
 print(f"   outputs: {out}/predictions/part-*.parquet (prediction v1), {out}/dead_letters/part-*.parquet "
       f"(dead letter v1), {out}/summary.json")
