@@ -19,13 +19,10 @@ import torch
 import yaml
 
 from emmr.batch import load_records
+from emmr.compare import train_methods
 from emmr.dataspec import data_spec
-from emmr.evaluate import protocol_masks
-from emmr.metrics import auroc
-from emmr.oracle import SynthTruth, oracle_scores
+from emmr.evaluate import evaluate
 from emmr.settings import resolve
-from emmr.tensors import model_inputs
-from emmr.train import train_emmr
 
 RATES = [0.1, 0.2, 0.3, 0.4, 0.5]
 
@@ -38,29 +35,18 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
-    model_cfg, train_cfg = resolve("small", None, "tf", {**overrides, "seed": a.seed}, data_spec(f"{a.data}/train"))
-    names = model_cfg.modality_names
+    model_cfg, train_cfg = resolve("small", None, "emmr", {**overrides, "seed": a.seed}, data_spec(f"{a.data}/train"))
     load = lambda split: load_records(f"{a.data}/{split}", model_cfg.modalities, model_cfg.num_classes)  # noqa: E731
     (train, _), (val, _), (test, table) = load("train"), load("val"), load("test")
     started = time.perf_counter()
-    model = train_emmr(train, val, model_cfg, train_cfg, progress=False).model.eval()
-    truth = SynthTruth.from_table(table, names)
-    flag, oracle, accuracy = [], [], None
-    for rate, _, drop in protocol_masks(test.present(), RATES, [a.seed]):
-        masked = test.drop(drop)
-        missing = ~masked.present()
-        single = missing.sum(axis=1) == 1
-        with torch.inference_mode():
-            out = model(*model_inputs(masked, names, torch.device("cpu")))
-        key = truth.key[np.arange(len(test)), missing.argmax(axis=1)] & single
-        flag.append(auroc(key[single], out.check.score.numpy()[single]))
-        oracle.append(auroc(key[single], oracle_scores(truth, missing).key_missing_score[single]))
-        if rate == 0.3:
-            rows = missing.any(axis=1)
-            accuracy = float((out.logits.argmax(dim=1).numpy() == test.labels)[rows].mean())
-    print(json.dumps({"seed": a.seed, "set": overrides, "flag_auroc": float(np.mean(flag)),
-                      "oracle_auroc": float(np.mean(oracle)), "ratio": float(np.mean(flag) / np.mean(oracle)),
-                      "accuracy_missing_0.3": accuracy, "seconds": round(time.perf_counter() - started)}), flush=True)
+    scorer, _ = train_methods(train, val, model_cfg, train_cfg, ["tf"]).scorers["tf"]
+    by_rate = evaluate(scorer, test, table, RATES, [a.seed])["by_rate"]
+    over_rates = lambda metric: float(np.mean([by_rate[f"{r:g}"][metric]["mean"] for r in RATES]))  # noqa: E731
+    flag, oracle = over_rates("flag_auroc"), over_rates("ceiling_flag_auroc")
+    print(json.dumps({"seed": a.seed, "set": overrides, "flag_auroc": flag, "oracle_auroc": oracle,
+                      "ratio": flag / oracle,
+                      "accuracy_missing_0.3": by_rate["0.3"]["accuracy_missing"]["mean"],
+                      "seconds": round(time.perf_counter() - started)}), flush=True)
 
 
 if __name__ == "__main__":
