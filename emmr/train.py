@@ -262,18 +262,26 @@ class StageData:
         return self.train.drop(simulate_missing(self.present, self.cfg.missing_rate, seeded_rng(self.cfg.seed, 17, epoch),
                                                 self.probs))  # re-drawn each epoch
 
-    def step_inputs(self, masked: ModalityBatch, model: EMMR, idx: np.ndarray):
-        """Inputs, the teacher's representation of the complete records and the backward target."""
+    def step_inputs(self, masked: ModalityBatch, model: EMMR, idx: np.ndarray, members: list[str]):
+        """Inputs, the teacher's representation of the complete records and each member's backward target: the
+        complete record through the Eq. 1-2 that the member reads."""
         features, lengths = model_inputs(masked.take(idx), self.names, self.device)
         full_features, full_lengths = model_inputs(self.train.take(idx), self.names, self.device)
         rows = torch.from_numpy(self.complete_rows[idx]).to(self.device)  # the teacher saw these complete
+        full_masks = model.layout_of(full_features, full_lengths).masks(full_lengths)
+        targets: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             _, teacher_rep = self.teacher(full_features, full_lengths)
-            was = model.encoder.training
-            model.encoder.eval()  # the target is computed without dropout (Eq. 17-18)
-            target, full_masks = model.embed(full_features, full_lengths)
-            model.encoder.train(was)
-        return features, lengths, rows, teacher_rep, target, full_masks.observed & rows[:, None]
+            by_encoder: dict[int, torch.Tensor] = {}
+            for name in members:
+                encoder = model.encoder_of(name)
+                if id(encoder) not in by_encoder:
+                    was = encoder.training
+                    encoder.eval()  # the target is computed without dropout (Eq. 17-18)
+                    by_encoder[id(encoder)] = encoder(full_features, full_masks.observed)
+                    encoder.train(was)
+                targets[name] = by_encoder[id(encoder)]
+        return features, lengths, rows, teacher_rep, targets, full_masks.observed & rows[:, None]
 
 
 def stage_step(model: EMMR, data: StageData, cfg: TrainConfig, epoch: int):
@@ -282,18 +290,20 @@ def stage_step(model: EMMR, data: StageData, cfg: TrainConfig, epoch: int):
     the ensemble."""
     masked = data.masked(epoch)
 
+    trained = list(model.config.members[1:]) if model.backbone_frozen else [model.backbone]
+
     def step(idx: np.ndarray) -> torch.Tensor:
-        features, lengths, rows, teacher_rep, target, valid = data.step_inputs(masked, model, idx)
+        features, lengths, rows, teacher_rep, targets, valid = data.step_inputs(masked, model, idx, trained)
         features = perturb(features, lengths, cfg.feature_noise, cfg.feature_dropout)
         out = model(features, lengths, mode="all" if model.backbone_frozen else "backbone")
-        runs = [r for n, r in out.runs.items() if n != model.backbone] if model.backbone_frozen else list(out.runs.values())
+        runs = [out.runs[n] for n in trained]
         labels, without = data.labels[idx], data.without[idx]
         smooth = cfg.label_smoothing
         task = sum(heads_loss(r.full_logits, r.without_logits, labels, without, cfg.aux_weight, smooth) for r in runs)
         if out.ensemble_logits is not None:
             task = task + ensemble_loss(out.ensemble_logits, labels, out.masks.missing.any(dim=1), smooth)
         fwd = forward_loss(teacher_rep, [model.layout.pool(r.encoded, out.masks.recovered_valid) for r in runs], rows)
-        bwd = backward_loss([r.decoded for r in runs], target, valid)
+        bwd = backward_loss([r.decoded for r in runs], [targets[n] for n in trained], valid)
         return total_loss(task, fwd, bwd, cfg.lambda_forward, cfg.lambda_backward)
     return step
 

@@ -218,7 +218,7 @@ def test_eq15_to_eq18_masked_means_and_eq14():
     target = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]])
     valid = torch.tensor([[True, True, False]])
     expected = (symmetric_kl(decoded[0, 0], target[0, 0]) + symmetric_kl(decoded[0, 1], target[0, 1])) / 2
-    torch.testing.assert_close(backward_loss([decoded], target, valid), expected)
+    torch.testing.assert_close(backward_loss([decoded], [target], valid), expected)
     assert total_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), 0.1, 0.1).item() == pytest.approx(1.5)
 
 

@@ -44,11 +44,12 @@ def trained(tiny_data):
     return train_emmr(tr, va, SMALL, cfg, progress=False, teacher=(teacher, best)), before, cfg
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, tiny_data):
-    """Stage 1 reaches every backbone parameter; stage 2 every other parameter and no backbone parameter."""
+@pytest.mark.parametrize("method,encoders", [(m, "shared") for m in sorted(METHODS)] + [("emmr", "own")])
+def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, encoders, tiny_data):
+    """Stage 1 reaches every backbone parameter; stage 2 every other parameter (the members' own Eq. 1-2 with
+    `member_encoders: own`) and no backbone parameter."""
     tr, va = tiny_data
-    config, cfg = apply_method(method, SMALL, TrainConfig(missing_rate=0.5))
+    config, cfg = apply_method(method, SMALL.with_(member_encoders=encoders), TrainConfig(missing_rate=0.5))
     torch.manual_seed(0)
     teacher = FullModalityNetwork(config).eval()
     data = StageData(tr, va, teacher, config, cfg)
@@ -72,9 +73,10 @@ def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, tiny_dat
     assert all(p.grad is None for p in teacher.parameters())
 
 
-def test_inference_runs_other_members_only_on_flagged_rows_and_matches_full_computation():
+@pytest.mark.parametrize("encoders", ["shared", "own"])
+def test_inference_runs_other_members_only_on_flagged_rows_and_matches_full_computation(encoders):
     torch.manual_seed(1)
-    model = EMMR(SMALL).eval()
+    model = EMMR(SMALL.with_(member_encoders=encoders)).eval()
     model.flag_threshold.fill_(0.6)
     lengths = [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5], [3, 0, 0], [8, 10, 6]] * 5
     feats, lengths_t = random_inputs(SMALL, lengths, seed=2)
@@ -106,6 +108,25 @@ def test_a_members_weights_shape_complete_record_predictions(member):
             p.add_(0.05 * torch.randn_like(p))
         after = model(feats, lengths).logits
     assert (after - before).abs().max() > 1e-4
+
+
+def test_own_member_encoders_shape_flagged_rows_only():
+    """`member_encoders: own`: the other members read their own Eq. 1-2, so its weights change the ensemble's
+    output on flagged rows and nothing on the others; the backbone's encoder is not theirs."""
+    torch.manual_seed(5)
+    model = EMMR(SMALL.with_(member_encoders="own")).eval()
+    model.flag_threshold.fill_(0.6)
+    assert set(model.member_encoders) == {"ae", "mmin"} and model.encoder_of("tf") is model.encoder
+    feats, lengths = random_inputs(SMALL, [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5], [3, 0, 0], [8, 10, 6]] * 5, 6)
+    with torch.inference_mode():
+        before = model(feats, lengths)
+        for p in model.member_encoders["mmin"].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        after = model(feats, lengths)
+    flagged = before.check.key_missing
+    assert flagged.any() and (~flagged).any()
+    assert (after.logits[flagged] - before.logits[flagged]).abs().max() > 1e-4
+    torch.testing.assert_close(after.logits[~flagged], before.logits[~flagged], rtol=0, atol=0)
 
 
 def test_emmr_equals_tf_alone_wherever_the_check_does_not_fire(trained):

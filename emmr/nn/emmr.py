@@ -62,6 +62,8 @@ class EMMR(nn.Module):
         self.config = config
         self.layout = Layout(config)
         self.encoder = SequenceEncoder(config)  # Eq. 1-2
+        own = config.member_encoders == "own" and config.ensemble  # the other members' own Eq. 1-2 (stage 2 trains them)
+        self.member_encoders = nn.ModuleDict({n: SequenceEncoder(config) for n in config.members[1:]}) if own else None
         self.slots = SlotEmbedding(self.layout.total, config.hidden)
         self.members = nn.ModuleDict({name: build_member(name, config) for name in config.members})  # Eq. 5-7
         self.heads = nn.ModuleDict({name: ConsistencyHeads(config) for name in config.members})  # Eq. 8-9
@@ -109,8 +111,19 @@ class EMMR(nn.Module):
         masks = (layout or self.layout_of(features, lengths)).masks(lengths)
         return self.encoder(features, masks.observed), masks
 
+    def encoder_of(self, name: str) -> SequenceEncoder:
+        """The Eq. 1-2 that member `name` reads: the backbone's, or with `member_encoders: own` its own."""
+        if self.member_encoders is None or name == self.backbone:
+            return self.encoder
+        return self.member_encoders[name]
+
+    def member_input(self, name: str, z: torch.Tensor, features: list[torch.Tensor], masks: Masks) -> torch.Tensor:
+        """Z for member `name`: the backbone's z, or its own encoding of the same features."""
+        encoder = self.encoder_of(name)
+        return z if encoder is self.encoder else encoder(features, masks.observed)
+
     def run_member(self, name: str, z: torch.Tensor, masks: Masks, layout: SlotLayout) -> MemberRun:
-        """Every pass of member `name` on every row."""
+        """Every pass of member `name` on every row (z: its Eq. 1-2, member_input)."""
         member, heads = self.members[name], self.heads[name]
         decoded = member.reconstruct(self.slots(z, layout.index), z, masks)
         recovered = recover(z, decoded, masks.missing_slots)  # Section 3.6
@@ -135,7 +148,7 @@ class EMMR(nn.Module):
             return EMMROutput(base.full_logits, base.full_logits, base.without_logits, chk,
                               torch.zeros_like(chk.key_missing), masks, runs)
         for name in self.config.members[1:]:
-            runs[name] = self.run_member(name, z, masks, layout)
+            runs[name] = self.run_member(name, self.member_input(name, z, features, masks), masks, layout)
         votes = torch.stack([Ensemble.vote(r.full_logits, r.without_logits) for r in runs.values()], dim=1)
         ensemble_logits = self.ensemble(votes)
         logits = switch(chk.key_missing, ensemble_logits, base.full_logits)  # Eq. 13
@@ -196,8 +209,10 @@ class EMMR(nn.Module):
                 without[rows] = heads.forward_without(recovered[rows], sub_masks.recovered_valid, layout,
                                                       which=sub_masks.present, out=without[rows])
             votes = [Ensemble.vote(full[rows], without[rows])]
+            sub_features = [x[rows] for x in features] if self.member_encoders is not None else features
             votes += [Ensemble.vote(r.full_logits, r.without_logits)
-                      for r in (self.run_member(n, sub_z, sub_masks, layout) for n in self.config.members[1:])]
+                      for r in (self.run_member(n, self.member_input(n, sub_z, sub_features, sub_masks), sub_masks, layout)
+                                for n in self.config.members[1:])]
             logits[rows] = self.ensemble(torch.stack(votes, dim=1)).to(logits.dtype)  # Eq. 13
         used = chk.key_missing if self.ensemble is not None else torch.zeros_like(chk.key_missing)
         return EMMROutput(logits, full, without, chk, used, masks)

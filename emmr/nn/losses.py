@@ -36,9 +36,10 @@ def forward_loss(teacher_rep: torch.Tensor, member_reps: list[torch.Tensor], row
     return torch.stack([_masked_mean(symmetric_kl(teacher_rep, r), rows) for r in member_reps]).sum()
 
 
-def backward_loss(decoded: list[torch.Tensor], target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Eq. 17-18: decoded J x (B, T, h), target (B, T, h), valid (B, T) bool -> scalar, summed over members."""
-    return torch.stack([_masked_mean(symmetric_kl(d, target), valid) for d in decoded]).sum()
+def backward_loss(decoded: list[torch.Tensor], targets: list[torch.Tensor], valid: torch.Tensor) -> torch.Tensor:
+    """Eq. 17-18: decoded J x (B, T, h), targets J x (B, T, h) (each member's Eq. 1-2 of the complete record),
+    valid (B, T) bool -> scalar, summed over members."""
+    return torch.stack([_masked_mean(symmetric_kl(d, t), valid) for d, t in zip(decoded, targets, strict=True)]).sum()
 
 
 def heads_loss(full_logits: torch.Tensor, without_logits: torch.Tensor, labels: torch.Tensor,
