@@ -44,12 +44,15 @@ def trained(tiny_data):
     return train_emmr(tr, va, SMALL, cfg, progress=False, teacher=(teacher, best)), before, cfg
 
 
-@pytest.mark.parametrize("method,encoders", [(m, "shared") for m in sorted(METHODS)] + [("emmr", "own")])
-def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, encoders, tiny_data):
+PAPER_MEMBERS = SMALL.with_(members=("tf", "ae", "mmin"), member_encoders="shared")  # the paper's members, one Eq. 1-2
+
+
+@pytest.mark.parametrize("method,base", [(m, SMALL) for m in sorted(METHODS)] + [("emmr", PAPER_MEMBERS)])
+def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, base, tiny_data):
     """Stage 1 reaches every backbone parameter; stage 2 every other parameter (the members' own Eq. 1-2 with
-    `member_encoders: own`) and no backbone parameter."""
+    `member_encoders: own`, the small preset) and no backbone parameter."""
     tr, va = tiny_data
-    config, cfg = apply_method(method, SMALL.with_(member_encoders=encoders), TrainConfig(missing_rate=0.5))
+    config, cfg = apply_method(method, base, TrainConfig(missing_rate=0.5))
     torch.manual_seed(0)
     teacher = FullModalityNetwork(config).eval()
     data = StageData(tr, va, teacher, config, cfg)
@@ -73,22 +76,23 @@ def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, encoders
     assert all(p.grad is None for p in teacher.parameters())
 
 
-@pytest.mark.parametrize("encoders", ["shared", "own"])
-def test_inference_runs_other_members_only_on_flagged_rows_and_matches_full_computation(encoders):
+@pytest.mark.parametrize("config", [PAPER_MEMBERS, PAPER_MEMBERS.with_(member_encoders="own"), SMALL],
+                         ids=["paper-members", "paper-members-own-encoders", "small"])
+def test_inference_runs_other_members_only_on_flagged_rows_and_matches_full_computation(config):
     torch.manual_seed(1)
-    model = EMMR(SMALL.with_(member_encoders=encoders)).eval()
+    model = EMMR(config).eval()
     model.flag_threshold.fill_(0.6)
     lengths = [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5], [3, 0, 0], [8, 10, 6]] * 5
-    feats, lengths_t = random_inputs(SMALL, lengths, seed=2)
+    feats, lengths_t = random_inputs(config, lengths, seed=2)
     seen = []
-    ae = model.members["ae"]
-    original = ae.represent
-    ae.represent = lambda r_in, r, valid: seen.append(len(r_in)) or original(r_in, r, valid)
+    other = model.members[config.members[1]]
+    original = other.represent
+    other.represent = lambda r_in, r, valid: seen.append(len(r_in)) or original(r_in, r, valid)
     with torch.inference_mode():
         fast = model(feats, lengths_t, mode="flagged")
         slow = model(feats, lengths_t, mode="all")
     flagged = int(fast.check.key_missing.sum())
-    assert seen == [flagged, len(lengths)]  # inference: only the flagged rows met the AE member
+    assert seen == [flagged, len(lengths)]  # inference: only the flagged rows met the second member
     assert 0 < flagged < len(lengths), "the random model should flag some rows, not all"
     torch.testing.assert_close(fast.logits, slow.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.check.score, slow.check.score, rtol=1e-4, atol=1e-5)
@@ -111,10 +115,10 @@ def test_a_members_weights_shape_complete_record_predictions(member):
 
 
 def test_own_member_encoders_shape_flagged_rows_only():
-    """`member_encoders: own`: the other members read their own Eq. 1-2, so its weights change the ensemble's
+    """`member_encoders: own`: the other members read their own Eq. 1-2, so their weights change the ensemble's
     output on flagged rows and nothing on the others; the backbone's encoder is not theirs."""
     torch.manual_seed(5)
-    model = EMMR(SMALL.with_(member_encoders="own")).eval()
+    model = EMMR(PAPER_MEMBERS.with_(member_encoders="own")).eval()
     model.flag_threshold.fill_(0.6)
     assert set(model.member_encoders) == {"ae", "mmin"} and model.encoder_of("tf") is model.encoder
     feats, lengths = random_inputs(SMALL, [[8, 0, 6], [0, 3, 2], [8, 10, 0], [5, 5, 5], [3, 0, 0], [8, 10, 6]] * 5, 6)
@@ -127,6 +131,18 @@ def test_own_member_encoders_shape_flagged_rows_only():
     assert flagged.any() and (~flagged).any()
     assert (after.logits[flagged] - before.logits[flagged]).abs().max() > 1e-4
     torch.testing.assert_close(after.logits[~flagged], before.logits[~flagged], rtol=0, atol=0)
+
+
+def test_members_of_one_kind_have_their_own_weights():
+    """The small preset's members tf, tf#2, tf#3: three Transformer members, none sharing a weight."""
+    assert SMALL.members == ("tf", "tf#2", "tf#3") and SMALL.member_encoders == "own"
+    model = EMMR(SMALL)
+    params = [{id(p) for p in model.members[n].parameters()} | {id(p) for p in model.encoder_of(n).parameters()}
+              for n in SMALL.members]
+    assert all(type(model.members[n]) is type(model.members["tf"]) for n in SMALL.members)
+    assert all(not (a & b) for i, a in enumerate(params) for b in params[i + 1:])
+    with pytest.raises(ValueError, match="suffix #N"):
+        SMALL.with_(members=("tf", "tf2"))
 
 
 def test_emmr_equals_tf_alone_wherever_the_check_does_not_fire(trained):

@@ -68,6 +68,8 @@ SETTINGS: dict[str, tuple[dict, dict]] = {
     "std-pairs-hard": ({}, {**STD, "pair_targets": "hard"}),
     "std-noise1.0-avg": ({}, {**STD, "feature_noise": 1.0, "weight_average": 0.995}),
     "std-noise1.0-avg-ll": ({}, {**STD, "feature_noise": 1.0, "weight_average": 0.995, "select_metric": "log_likelihood"}),
+    "std-noise1.0-own": ({"member_encoders": "own"}, {**STD, "feature_noise": 1.0}),
+    "std-noise1.0-tf3": ({"members": ("tf", "tf#2", "tf#3"), "member_encoders": "own"}, {**STD, "feature_noise": 1.0}),
 }
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from emmr.config import ModelConfig
+from emmr.config import ModelConfig, member_kind
 from emmr.nn.members.ae import AutoencoderMember
 from emmr.nn.members.mmin import MMINMember
 from emmr.nn.members.tf import TransformerMember
@@ -23,6 +23,6 @@ _REGISTRY = {"tf": TransformerMember, "ae": AutoencoderMember, "mmin": MMINMembe
 
 def build_member(name: str, config: ModelConfig) -> nn.Module:
     try:
-        return _REGISTRY[name](config)
+        return _REGISTRY[member_kind(name)](config)
     except KeyError:
         raise ValueError(f"unknown member {name!r}; choose from {sorted(_REGISTRY)}") from None
