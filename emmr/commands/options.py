@@ -9,9 +9,10 @@ import os
 from emmr.missing import DEFAULT_RATES
 
 PRESET_HELP = ("model sizes: modality names, dimensions and lengths, hidden size, classes (paper: the paper's "
-               "CMU-MOSI features; small: seconds on a CPU, training keeps the weights' moving average; mosi: the "
-               "MOSI utterance features, with its training settings); it must fit the data (default: the preset "
-               "that fits the data, else small's sizes with the data's modalities and labels)")
+               "CMU-MOSI features; small: seconds on a CPU, three TF members on their own encoders, training keeps "
+               "the weights' moving average; mosi: the MOSI utterance features, with its training settings); it must "
+               "fit the data (default: the preset that fits the data, else small's sizes with the data's modalities "
+               "and labels)")
 
 # TrainConfig field -> (type, help); the default is read from TrainConfig, so the help cannot drift from it.
 TRAINING_FLAGS = {
