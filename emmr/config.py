@@ -11,12 +11,12 @@ from schemas.modality import ModalitySpec, check_modalities
 
 MEMBERS = ("tf", "ae", "mmin")
 MEMBER_ENCODERS = ("shared", "own")
+FUSIONS = ("attention", "max", "average")
 
 
 def member_kind(name: str) -> str:
     """A member's architecture: "tf#2" is a second member of kind "tf", with its own weights."""
     return name.partition("#")[0]
-FUSIONS = ("attention", "max", "average")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from dataclasses import replace
 from emmr.config import ModelConfig
 
 METHODS: dict[str, tuple[dict, dict, str]] = {
-    "emmr": ({}, {}, "EMMR: the preset's members (the paper's TF, AE and MMIN; small: three TF), check, attention ensemble (Eq. 1-18)"),
+    "emmr": ({}, {}, "EMMR: the preset's members (the paper's TF, AE and MMIN; small: three TF), check, attention "
+                     "ensemble (Eq. 1-18)"),
     "tf": ({"members": ("tf",)}, {}, "TF alone: the backbone with recovery, no ensemble"),
     "ae": ({"members": ("ae",)}, {}, "AE alone"),
     "mmin": ({"members": ("mmin",)}, {}, "MMIN alone"),
