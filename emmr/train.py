@@ -3,8 +3,8 @@ with simulated missingness re-drawn every epoch, selected on validation only.
 
 EMMR trains in two stages: (1) the backbone (shared encoders, slot embeddings, the first member and its
 heads) alone, which is the single-member baseline (`tf` for EMMR); its flag threshold is then chosen on
-validation; (2) with the backbone frozen, the other members, their heads and the ensemble. One loop serves
-every method of emmr/methods.py.
+validation; (2) with the backbone frozen, the other members, their heads and the ensemble, kept only if it
+beats the backbone alone on validation (keep_ensemble). One loop serves every method of emmr/methods.py.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class TrainConfig:
     val_fraction: float = 0.2  # carved from the training data when no validation set is given
     patience: int = 10  # stop after this many epochs without a better validation score
     weight_average: float = 0.0  # decay of the weights' moving average that is validated and kept; 0: the last step's
+    ensemble_gate: bool = True  # keep stage 2 only if it beats the backbone alone on validation (keep_ensemble)
     select_metric: str = "macro_f1"
     seed: int = 0
     device: str = "cpu"
@@ -345,6 +346,18 @@ def train_ensemble(model: EMMR, data: StageData, cfg: TrainConfig, progress: boo
                 validate, cfg.method, progress)
 
 
+def keep_ensemble(stage2: dict, backbone: dict, metric: str) -> dict:
+    """Whether stage 2 earns its place: its best validation score on the select metric must beat the backbone
+    alone's, strictly (on a tie the simpler model stays), without lowering the validation log-likelihood (a gain of
+    one record in accuracy or macro-F1 whose probabilities got worse is not kept). Both are scored on the same
+    validation masks, and EMMR differs from its backbone on the flagged records only, so this asks whether the
+    ensemble helped where the check fired."""
+    ll = "log_likelihood"
+    ours, theirs = {k: stage2.get(k, float("-inf")) for k in (metric, ll)}, {k: backbone[k] for k in (metric, ll)}
+    kept = ours[metric] > theirs[metric] and ours[ll] >= theirs[ll]
+    return {"kept": bool(kept), "metric": metric, "ensemble": ours, "backbone": theirs}
+
+
 def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cfg: TrainConfig, progress: bool = True,
                teacher: tuple[FullModalityNetwork, dict] | None = None,
                backbone: tuple[EMMR, dict] | None = None) -> TrainResult:
@@ -374,5 +387,13 @@ def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cf
                                                     f"heads.{model.backbone}.")) for k in missing), (missing, unexpected)
     best, stage2 = train_ensemble(model, data, cfg, progress)
     model.eval()
+    gate = keep_ensemble(best, base_best, cfg.select_metric)
+    metrics["ensemble"] = {**gate, "gate": cfg.ensemble_gate}
+    if cfg.ensemble_gate and not gate["kept"]:
+        log.warning("%s: the ensemble did not beat the backbone alone on validation (%s): the model is the backbone "
+                    "alone, whose predictions and flags it keeps (ensemble_gate: false keeps it)", cfg.method,
+                    ", ".join(f"{k} {gate['ensemble'][k]:.4f} against {v:.4f}" for k, v in gate["backbone"].items()))
+        return TrainResult(model=base, teacher=teacher, metrics={**metrics, "validation": base_best},
+                           history=history + stage2, backbone=(base, base_best))
     return TrainResult(model=model, teacher=teacher, metrics={**metrics, "validation": best}, history=history + stage2,
                        backbone=(base, base_best))

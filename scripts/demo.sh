@@ -67,6 +67,11 @@ if pairs:
     print(f"   against the planted truth: {int((f & t).sum())} of {int(t.sum())} key-missing records flagged, "
           f"{int((f & ~t).sum())} of {int((~t).sum())} others flagged (by a 12-epoch demo model)")
 print(f"   predictions by label: {summary['predictions_by_label']}")
+gate = json.load(open(f"{out}/model/checkpoint.json"))["metrics"].get("ensemble")
+if gate:
+    scores = ", ".join(f"{k} {gate['ensemble'][k]:.4f} with it, {v:.4f} without" for k, v in gate["backbone"].items())
+    print(f"   the ensemble: {'kept' if gate['kept'] else 'not kept, the model is its backbone (TF) alone'} "
+          f"(validation {scores}; docs/model.md, training step 4)")
 print(f"   outputs: {out}/predictions/part-*.parquet (prediction v1), {out}/dead_letters/part-*.parquet "
       f"(dead letter v1), {out}/summary.json")
 EOF

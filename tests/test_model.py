@@ -4,11 +4,14 @@ paper preset."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from emmr import synth
+from emmr import train as train_module
 from emmr.batch import ModalityBatch, from_arrow
 from emmr.config import preset
 from emmr.methods import METHODS, apply_method
@@ -38,7 +41,7 @@ def tiny_data():
 def trained(tiny_data):
     """A quickly trained EMMR (two epochs per stage) and the data it saw."""
     tr, va = tiny_data
-    cfg = TrainConfig(epochs=2, teacher_epochs=1, batch_size=16, missing_rate=0.5)
+    cfg = TrainConfig(epochs=2, teacher_epochs=1, batch_size=16, missing_rate=0.5, ensemble_gate=False)
     teacher, best, _ = train_teacher(tr, va, SMALL, cfg, progress=False)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     return train_emmr(tr, va, SMALL, cfg, progress=False, teacher=(teacher, best)), before, cfg
@@ -162,6 +165,31 @@ def test_emmr_equals_tf_alone_wherever_the_check_does_not_fire(trained):
     assert keep.any() and a.check.key_missing.any()
     torch.testing.assert_close(a.logits[keep], b.logits[keep], rtol=0, atol=0)
     assert a.ensemble_used.equal(a.check.key_missing) and not b.ensemble_used.any()
+
+
+@pytest.mark.parametrize("margin,ll_margin,gate,kept", [(0.01, 0.0, True, True), (0.0, 0.01, True, False),
+                                                        (-0.01, 0.01, True, False), (0.01, -0.01, True, False),
+                                                        (-0.01, -0.01, False, True)])
+def test_the_ensemble_is_kept_only_if_it_beats_the_backbone_on_validation(trained, tiny_data, monkeypatch, margin,
+                                                                          ll_margin, gate, kept):
+    """Stage 2's best validation scores against the backbone's: better on the select metric (a tie keeps the
+    backbone) and no lower log-likelihood; else the backbone alone is the model (its predictions and flags).
+    `ensemble_gate: false` keeps the ensemble whatever it scored."""
+    result, _, cfg = trained
+    base, base_best = result.backbone
+    metric, ll = "macro_f1", "log_likelihood"
+    stage2 = {**base_best, metric: base_best[metric] + margin, ll: base_best[ll] + ll_margin}
+    monkeypatch.setattr(train_module, "train_ensemble", lambda model, data, cfg, progress: (stage2, []))
+    tr, va = tiny_data
+    out = train_emmr(tr, va, SMALL, replace(cfg, ensemble_gate=gate, select_metric=metric), progress=False,
+                     teacher=(result.teacher, result.metrics["teacher_validation"]), backbone=result.backbone)
+    assert out.metrics["ensemble"] == {"kept": margin > 0 and ll_margin >= 0, "metric": metric, "gate": gate,
+                                       "ensemble": {metric: stage2[metric], ll: stage2[ll]},
+                                       "backbone": {metric: base_best[metric], ll: base_best[ll]}}
+    assert (out.model is base) is not kept
+    assert (out.model.ensemble is not None) is kept and out.model.config.members == (SMALL.members if kept else ("tf",))
+    assert out.metrics["validation"] == (stage2 if kept else base_best)
+    assert out.metrics["flag"] == base_best["flag"]
 
 
 def test_teacher_weights_do_not_change_and_its_neutral_values_are_fitted(trained, tiny_data):
