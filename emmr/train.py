@@ -354,8 +354,8 @@ def keep_ensemble(stage2: dict, backbone: dict, metric: str) -> dict:
     ensemble helped where the check fired."""
     ll = "log_likelihood"
     ours, theirs = {k: stage2.get(k, float("-inf")) for k in (metric, ll)}, {k: backbone[k] for k in (metric, ll)}
-    kept = ours[metric] > theirs[metric] and ours[ll] >= theirs[ll]
-    return {"kept": bool(kept), "metric": metric, "ensemble": ours, "backbone": theirs}
+    passed = ours[metric] > theirs[metric] and ours[ll] >= theirs[ll]
+    return {"passed": bool(passed), "metric": metric, "ensemble": ours, "backbone": theirs}
 
 
 def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cfg: TrainConfig, progress: bool = True,
@@ -388,8 +388,9 @@ def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cf
     best, stage2 = train_ensemble(model, data, cfg, progress)
     model.eval()
     gate = keep_ensemble(best, base_best, cfg.select_metric)
-    metrics["ensemble"] = {**gate, "gate": cfg.ensemble_gate}
-    if cfg.ensemble_gate and not gate["kept"]:
+    kept = gate["passed"] or not cfg.ensemble_gate
+    metrics["ensemble"] = {**gate, "gate": cfg.ensemble_gate, "kept": kept}
+    if not kept:
         log.warning("%s: the ensemble did not beat the backbone alone on validation (%s): the model is the backbone "
                     "alone, whose predictions and flags it keeps (ensemble_gate: false keeps it)", cfg.method,
                     ", ".join(f"{k} {gate['ensemble'][k]:.4f} against {v:.4f}" for k, v in gate["backbone"].items()))

@@ -183,8 +183,8 @@ def test_the_ensemble_is_kept_only_if_it_beats_the_backbone_on_validation(traine
     tr, va = tiny_data
     out = train_emmr(tr, va, SMALL, replace(cfg, ensemble_gate=gate, select_metric=metric), progress=False,
                      teacher=(result.teacher, result.metrics["teacher_validation"]), backbone=result.backbone)
-    assert out.metrics["ensemble"] == {"kept": margin > 0 and ll_margin >= 0, "metric": metric, "gate": gate,
-                                       "ensemble": {metric: stage2[metric], ll: stage2[ll]},
+    assert out.metrics["ensemble"] == {"passed": margin > 0 and ll_margin >= 0, "kept": kept, "gate": gate,
+                                       "metric": metric, "ensemble": {metric: stage2[metric], ll: stage2[ll]},
                                        "backbone": {metric: base_best[metric], ll: base_best[ll]}}
     assert (out.model is base) is not kept
     assert (out.model.ensemble is not None) is kept and out.model.config.members == (SMALL.members if kept else ("tf",))
