@@ -60,8 +60,7 @@ def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConf
     out, backbones = {}, {}
     for method in methods:
         m_cfg, t_cfg = apply_method(method, model_cfg, cfg)
-        stage1 = m_cfg.with_(members=m_cfg.members[:1], fusion="attention", member_encoders="shared")
-        key = (stage1, t_cfg.backbone_key())
+        key = (m_cfg.backbone_only(), t_cfg.backbone_key())
         result = train_emmr(train, val, m_cfg, t_cfg, progress, teacher=(teacher, teacher_best), backbone=backbones.get(key))
         backbones.setdefault(key, result.backbone)
         meta = {"model_version": f"{method}-seed{cfg.seed}{tag}", "method": method}

@@ -84,6 +84,11 @@ class ModelConfig:
     def with_(self, **changes) -> "ModelConfig":
         return replace(self, **changes)
 
+    def backbone_only(self) -> "ModelConfig":
+        """Training stage 1's model: the first member alone. The fields that only shape an ensemble are reset, so
+        that every method with the same backbone has the same stage-1 config (emmr/compare.py shares it)."""
+        return replace(self, members=self.members[:1], fusion="attention", member_encoders="shared")
+
 
 def _mods(*specs: tuple[str, int, int]) -> tuple[ModalitySpec, ...]:
     return tuple(ModalitySpec(n, d, l) for n, d, l in specs)

@@ -312,7 +312,7 @@ def stage_step(model: EMMR, data: StageData, cfg: TrainConfig, epoch: int):
 def train_backbone(data: StageData, config: ModelConfig, cfg: TrainConfig, progress: bool) -> tuple[EMMR, dict, list]:
     """Stage 1: the single-member model (shared encoders, the first member, its heads); then its flag threshold."""
     torch.manual_seed(cfg.seed)
-    model = EMMR(config.with_(members=config.members[:1])).to(data.device)
+    model = EMMR(config.backbone_only()).to(data.device)
     validate = lambda: _scores(data.val.labels, _predict(model, data.val_masked, data.names, data.device, "backbone")[0])  # noqa: E731
     best, history = _fit(model, model.parameters(), lambda epoch: stage_step(model, data, cfg, epoch), len(data.train),
                          cfg.epochs, cfg, validate, config.members[0], progress)

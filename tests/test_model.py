@@ -59,7 +59,7 @@ def test_every_trainable_parameter_gets_a_gradient_in_its_stage(method, base, ti
     torch.manual_seed(0)
     teacher = FullModalityNetwork(config).eval()
     data = StageData(tr, va, teacher, config, cfg)
-    backbone = EMMR(config.with_(members=config.members[:1]))  # stage 1 trains the single-member model
+    backbone = EMMR(config.backbone_only())  # stage 1 trains the single-member model
     models = [backbone]
     if config.ensemble:
         full = EMMR(config)
