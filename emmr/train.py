@@ -353,9 +353,14 @@ def keep_ensemble(stage2: dict, backbone: dict, metric: str) -> dict:
     validation masks, and EMMR differs from its backbone on the flagged records only, so this asks whether the
     ensemble helped where the check fired."""
     ll = "log_likelihood"
-    ours, theirs = {k: stage2.get(k, float("-inf")) for k in (metric, ll)}, {k: backbone[k] for k in (metric, ll)}
+    ours, theirs = ({k: side.get(k, float("-inf")) for k in (metric, ll)} for side in (stage2, backbone))  # {}: 0 epochs
     passed = ours[metric] > theirs[metric] and ours[ll] >= theirs[ll]
-    return {"passed": bool(passed), "metric": metric, "ensemble": ours, "backbone": theirs}
+    scored = lambda side: {k: v if v > float("-inf") else None for k, v in side.items()}  # noqa: E731 (JSON has no -inf)
+    return {"passed": bool(passed), "metric": metric, "ensemble": scored(ours), "backbone": scored(theirs)}
+
+
+def _text(score: float | None) -> str:
+    return "none" if score is None else f"{score:.4f}"
 
 
 def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cfg: TrainConfig, progress: bool = True,
@@ -393,7 +398,7 @@ def train_emmr(train: ModalityBatch, val: ModalityBatch, config: ModelConfig, cf
     if not kept:
         log.warning("%s: the ensemble did not beat the backbone alone on validation (%s): the model is the backbone "
                     "alone, whose predictions and flags it keeps (ensemble_gate: false keeps it)", cfg.method,
-                    ", ".join(f"{k} {gate['ensemble'][k]:.4f} against {v:.4f}" for k, v in gate["backbone"].items()))
+                    ", ".join(f"{k} {_text(gate['ensemble'][k])} against {_text(v)}" for k, v in gate["backbone"].items()))
         return TrainResult(model=base, teacher=teacher, metrics={**metrics, "validation": base_best},
                            history=history + stage2, backbone=(base, base_best))
     return TrainResult(model=model, teacher=teacher, metrics={**metrics, "validation": best}, history=history + stage2,

@@ -192,6 +192,13 @@ def test_the_ensemble_is_kept_only_if_it_beats_the_backbone_on_validation(traine
     assert out.metrics["flag"] == base_best["flag"]
 
 
+def test_an_ensemble_trained_for_no_epoch_is_not_kept():
+    assert train_module.keep_ensemble({}, {}, "macro_f1") == {
+        "passed": False, "metric": "macro_f1", "ensemble": {"macro_f1": None, "log_likelihood": None},
+        "backbone": {"macro_f1": None, "log_likelihood": None}}  # no -inf: the checkpoint's JSON stays standard
+    assert not train_module.keep_ensemble({}, {"macro_f1": 0.5, "log_likelihood": -1.0}, "macro_f1")["passed"]
+
+
 def test_teacher_weights_do_not_change_and_its_neutral_values_are_fitted(trained, tiny_data):
     result, before, _ = trained
     teacher = result.teacher
