@@ -73,11 +73,18 @@ def train_methods(train: ModalityBatch, val: ModalityBatch, model_cfg: ModelConf
     return Trained(out, teacher, standardizer)
 
 
+def training_record(seed: int, metrics: dict, **where) -> dict:
+    """What a comparison keeps of one training: its seed (and, cross-fitted, its half) and, for a method with an
+    ensemble, the gate's verdict (emmr/train.py keep_ensemble; None for a single-member method)."""
+    return {"seed": seed, **where, "ensemble": metrics.get("ensemble")}
+
+
 def compare(train: ModalityBatch, val: ModalityBatch | None, test: ModalityBatch, test_table, model_cfg: ModelConfig,
             train_cfg: TrainConfig, methods: list[str], seeds: int, rates, out_dir: str | None = None,
             progress: bool = False, first_seed: int = 0) -> dict[str, dict]:
     """-> method -> evaluate()-shaped results whose runs span the seeds first_seed .. first_seed + seeds - 1."""
     runs: dict[str, list] = {m: [] for m in methods}
+    training: dict[str, list] = {m: [] for m in methods}
     for seed in range(first_seed, first_seed + seeds):
         cfg = replace(train_cfg, seed=seed)
         tr, va = (train, val) if val is not None else split_validation(train, cfg.val_fraction, seed)
@@ -86,7 +93,8 @@ def compare(train: ModalityBatch, val: ModalityBatch | None, test: ModalityBatch
         for method, (scorer, metrics) in trained.scorers.items():
             res = evaluate(scorer, test, test_table, rates=rates, seeds=[seed], truth=truth)
             runs[method] += res["runs"]
+            training[method].append(training_record(seed, metrics))
             at = res["by_rate"][f"{max(rates):g}"]
             log.info("seed %d %s: validation %s; test at rate %g: accuracy %.4f, macro-F1 %.4f", seed, method,
                      metrics["validation"], max(rates), at["accuracy"]["mean"], at["macro_f1"]["mean"])
-    return {m: {"runs": r, "by_rate": aggregate(r)} for m, r in runs.items()}
+    return {m: {"runs": r, "by_rate": aggregate(r), "training": training[m]} for m, r in runs.items()}

@@ -100,9 +100,10 @@ def cross_fitted(train: ModalityBatch, dev: ModalityBatch, dev_table, video_of: 
     Per seed, the halves are re-drawn (so the spread over seeds includes the choice of halves), one frozen
     full-modality network is trained per half, and every method is trained twice, once selected on each half.
     """
-    from emmr.compare import train_methods
+    from emmr.compare import train_methods, training_record
 
     runs: dict[str, list] = {m: [] for m in methods}
+    training: dict[str, list] = {m: [] for m in methods}
     for seed in range(first_seed, first_seed + seeds):
         cfg = replace(train_cfg, seed=seed)
         half = video_halves(dev.ids, video_of, seed)
@@ -114,7 +115,8 @@ def cross_fitted(train: ModalityBatch, dev: ModalityBatch, dev_table, video_of: 
             scorer = CrossFitScorer((trained[0].scorers[method][0], trained[1].scorers[method][0]), half_of)
             res = evaluate(scorer, dev, dev_table, rates=rates, seeds=[seed], truth=truth)
             runs[method] += res["runs"]
+            training[method] += [training_record(seed, trained[h].scorers[method][1], half=h) for h in (0, 1)]
             log.info("seed %d %s cross-fitted (halves of %d and %d records): accuracy by rate %s", seed, method,
                      int((half == 0).sum()), int((half == 1).sum()),
                      ", ".join(f"{r} {s['accuracy']['mean']:.4f}" for r, s in res["by_rate"].items()))
-    return {m: {"runs": r, "by_rate": aggregate(r)} for m, r in runs.items()}
+    return {m: {"runs": r, "by_rate": aggregate(r), "training": training[m]} for m, r in runs.items()}

@@ -79,6 +79,12 @@ def markdown(results: dict[str, dict], title: str) -> str:
                 stats = results[m]["by_rate"][r]
                 cells = [f"{_cell(stats.get(k))} ({_cell(stats.get(CEILING.get(k, 'ceiling_' + k)))})" for k in SUBSET_METRICS]
                 lines.append(f"| {m} | {r} | " + " | ".join(cells) + " |")
+    gated = {m: [t for t in res.get("training", []) if t.get("ensemble")] for m, res in results.items()}
+    if any(gated.values()):
+        lines += ["", "## the ensemble gate", "",
+                  "Trainings whose ensemble beat the backbone on validation and was kept (docs/model.md, training "
+                  "step 4); the others are their backbone alone.", "", "| method | kept | of |", "| --- | ---: | ---: |"]
+        lines += [f"| {m} | {sum(t['ensemble']['kept'] for t in ts)} | {len(ts)} |" for m, ts in gated.items() if ts]
     return "\n".join(lines) + "\n"
 
 

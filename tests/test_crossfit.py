@@ -79,6 +79,8 @@ def test_compare_cross_fit_writes_dev_and_cross_fitted_tables(mosi_like, tmp_pat
         assert sum(map(sum, res["methods"]["tf"]["by_rate"]["0"]["confusion"])) == 6  # every dev record, once
     for res in (dev, crossed):  # --first-seed 1: both tables are of seed 1
         assert {r["seed"] for r in res["methods"]["tf"]["runs"]} == {1}
+    assert dev["methods"]["tf"]["training"] == [{"seed": 1, "ensemble": None}]  # one member: no gate
+    assert crossed["methods"]["tf"]["training"] == [{"seed": 1, "half": h, "ensemble": None} for h in (0, 1)]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["tf-seed1", "tf-seed1-half0", "tf-seed1-half1"]
     assert cli_main(["compare", "--train", str(mosi_like / "train"), "--test", str(mosi_like / "dev"), "--cross-fit",
                      "--out", str(out)]) == 2

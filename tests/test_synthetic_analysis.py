@@ -29,9 +29,15 @@ def test_analyse_and_flag_variants_on_a_compare_run(tmp_path, small_config):
     for split, records, seed in (("train", 240, 11), ("val", 120, 12), ("test", 160, 13)):
         synth.write(synth.SynthParams(records=records, seed=seed), small_config.modalities, str(tmp_path / split))
     out = tmp_path / "cmp"
+    (tmp_path / "keep.yaml").write_text("train:\n  ensemble_gate: false\n")  # flag_variants.py reads the ensemble
     assert cli_main(["compare", "--train", str(tmp_path / "train"), "--val", str(tmp_path / "val"),
                      "--test", str(tmp_path / "test"), "--out", str(out), "--methods", "emmr,tf", "--seeds", "2",
-                     "--epochs", "1", "--teacher-epochs", "1", "--threads", "1", "--missing-rates", "0,0.3"]) == 0
+                     "--epochs", "1", "--teacher-epochs", "1", "--threads", "1", "--missing-rates", "0,0.3",
+                     "--config", str(tmp_path / "keep.yaml")]) == 0
+    training = json.loads((out / "metrics.json").read_text())["methods"]
+    assert [t["seed"] for t in training["emmr"]["training"]] == [0, 1] and training["tf"]["training"][0]["ensemble"] is None
+    assert all(t["ensemble"]["kept"] and not t["ensemble"]["gate"] for t in training["emmr"]["training"])
+    assert "## the ensemble gate" in (out / "metrics.md").read_text()
 
     _script("analyse.py", "--compare", str(out), "--test", str(tmp_path / "test"), "--out", str(tmp_path / "a.json"))
     a = json.loads((tmp_path / "a.json").read_text())

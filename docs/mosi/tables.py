@@ -3,7 +3,8 @@
 Reads `emmr compare --cross-fit` output (OUT/metrics.json: dev figures; OUT/cross-fitted/metrics.json) and
 docs/mosi/baselines.json, and prints Markdown: accuracy and macro-F1 by missing rate, dev and cross-fitted
 side by side for every method, the logistic-regression baseline in the first row, the key-missing flag
-against the frozen teacher's key truth, and the acceptance checks of issue 12.
+against the frozen teacher's key truth, how many trainings kept their ensemble, and the acceptance checks of
+issue 12.
 
 Several comparison folders (the same data, seeds and settings, different methods: one comparison run as
 several processes) are merged, method by method (a folder without cross-fitted/ adds dev figures only); `--write DIR` writes the merged table, plots and
@@ -91,6 +92,21 @@ def flag_table(dev: dict, crossed: dict, rates: list[str]) -> None:
             print(f"| {label} | " + " | ".join(pct(counts[r][a], counts[r][b]) for r in above) + " |")
 
 
+def gate_table(dev: dict, crossed: dict) -> None:
+    """How many trainings kept their ensemble (emmr/train.py keep_ensemble), from the runs' `training` records
+    (written by emmr compare since the gate; older runs have none, and the table is left out)."""
+    def kept(res: dict, method: str) -> str:
+        records = [t for t in res["methods"].get(method, {}).get("training", []) if t.get("ensemble")]
+        return f"{sum(t['ensemble']['kept'] for t in records)} of {len(records)}" if records else "n/a"
+    rows = [(m, kept(dev, m), kept(crossed, m)) for m in dev["methods"]]
+    rows = [r for r in rows if r[1:] != ("n/a", "n/a")]
+    if rows:
+        print("\n### the ensemble gate: trainings that kept their ensemble\n")
+        print("| method | dev | cross-fitted (halves) |\n| --- | ---: | ---: |")
+        for method, on_dev, on_halves in rows:
+            print(f"| {method} | {on_dev} | {on_halves} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", required=True, help="output folder(s) of emmr compare --cross-fit, comma-separated")
@@ -118,6 +134,7 @@ def main() -> None:
                 by_rate = res["methods"][method]["by_rate"]
                 print(f"| {method} | {name} | " + " | ".join(cell(by_rate[r][metric]) for r in rates) + " |")
     flag_table(dev, crossed, rates)
+    gate_table(dev, crossed)
     print("\n### acceptance (issue 12)\n")
     e, t = dev["methods"]["emmr"]["by_rate"], dev["methods"]["tf"]["by_rate"]
     ec, tc = crossed["methods"]["emmr"]["by_rate"], crossed["methods"]["tf"]["by_rate"]

@@ -92,6 +92,9 @@ def main() -> None:
     for path in args.checkpoints:
         seed = int(path.rstrip("/").rsplit("seed", 1)[1])
         scorer, teacher = Scorer.load(path), load_teacher(path)
+        if scorer.model.ensemble is None:
+            raise SystemExit(f"{path}: the model has no ensemble (a single-member method, or its ensemble did not pass "
+                             "the gate in training: train with ensemble_gate: false to study it)")
         batch, table = load_records(args.data, scorer.config.modalities, scorer.config.num_classes)
         truth = SynthTruth.from_table(table, scorer.config.modality_names)
         for _, _, drop in protocol_masks(batch.present(), list(RATES), [seed]):
