@@ -26,7 +26,7 @@ backbone_ratio + f * (1 - backbone_ratio); the paper-preset ratio at the trained
 printed as such an estimate, and measured directly when a trained paper checkpoint is given (--trained-paper).
 
 A random-weight model flags a different fraction of rows than a trained one, hence the trained small model:
-trained with `emmr train --preset small` on synthetic data the first time (cached in --work-dir, ~15 min
+trained with `emmr train --preset small --config benchmarks/keep_ensemble.yaml` (ensemble kept) on synthetic data the first time (cached in --work-dir, ~15 min
 on two busy cores; --no-trained skips it).
 
 Threads: the figures use ONE torch thread (--threads 1). On a machine whose cores are shared, torch's
@@ -258,7 +258,7 @@ def trained_small(work_dir: str, epochs: int, records: int, threads: int) -> str
                    check=True, cwd=ROOT)
     subprocess.run(emmr + ["train", "--data", data, "--out", ckpt, "--preset", "small", "--epochs", str(epochs),
                            "--teacher-epochs", str(max(1, epochs // 2)), "--seed", "0", "--threads", str(threads),
-                           "--no-progress"],
+                           "--config", os.path.join(ROOT, "benchmarks", "keep_ensemble.yaml"), "--no-progress"],
                    check=True, cwd=ROOT)
     note(f"trained the small model in {time.perf_counter() - started:.0f} s: {ckpt}")
     return ckpt
