@@ -82,8 +82,8 @@ def markdown(results: dict[str, dict], title: str) -> str:
     gated = {m: [t for t in res.get("training", []) if t.get("ensemble")] for m, res in results.items()}
     if any(gated.values()):
         lines += ["", "## the ensemble gate", "",
-                  "Trainings whose ensemble beat the backbone on validation and was kept (docs/model.md, training "
-                  "step 4); the others are their backbone alone.", "", "| method | kept | of |", "| --- | ---: | ---: |"]
+                  "Trainings that kept their ensemble: it beat the backbone on validation (docs/model.md, training "
+                  "step 4), or the gate was off (train.ensemble_gate: false); the others are their backbone alone.", "", "| method | kept | of |", "| --- | ---: | ---: |"]
         lines += [f"| {m} | {sum(t['ensemble']['kept'] for t in ts)} | {len(ts)} |" for m, ts in gated.items() if ts]
     return "\n".join(lines) + "\n"
 
