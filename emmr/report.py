@@ -79,13 +79,21 @@ def markdown(results: dict[str, dict], title: str) -> str:
                 stats = results[m]["by_rate"][r]
                 cells = [f"{_cell(stats.get(k))} ({_cell(stats.get(CEILING.get(k, 'ceiling_' + k)))})" for k in SUBSET_METRICS]
                 lines.append(f"| {m} | {r} | " + " | ".join(cells) + " |")
-    gated = {m: [t for t in res.get("training", []) if t.get("ensemble")] for m, res in results.items()}
+    gated = {m: ensemble_kept(res) for m, res in results.items()}
     if any(gated.values()):
         lines += ["", "## the ensemble gate", "",
                   "Trainings that kept their ensemble: it beat the backbone on validation (docs/model.md, training "
-                  "step 4), or the gate was off (train.ensemble_gate: false); the others are their backbone alone.", "", "| method | kept | of |", "| --- | ---: | ---: |"]
-        lines += [f"| {m} | {sum(t['ensemble']['kept'] for t in ts)} | {len(ts)} |" for m, ts in gated.items() if ts]
+                  "step 4), or the gate was off (train.ensemble_gate: false); the others are their backbone alone.",
+                  "", "| method | kept | of |", "| --- | ---: | ---: |"]
+        lines += [f"| {m} | {g[0]} | {g[1]} |" for m, g in gated.items() if g]
     return "\n".join(lines) + "\n"
+
+
+def ensemble_kept(result: dict) -> tuple[int, int] | None:
+    """(trainings that kept their ensemble, trainings with one) from a method's `training` records (emmr/compare.py);
+    None for a method without an ensemble or results written before the records existed."""
+    verdicts = [t["ensemble"]["kept"] for t in result.get("training", []) if t.get("ensemble")]
+    return (sum(verdicts), len(verdicts)) if verdicts else None
 
 
 def write_csv(results: dict[str, dict], path: str) -> None:

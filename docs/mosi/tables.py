@@ -95,9 +95,11 @@ def flag_table(dev: dict, crossed: dict, rates: list[str]) -> None:
 def gate_table(dev: dict, crossed: dict) -> None:
     """How many trainings kept their ensemble (emmr/train.py keep_ensemble), from the runs' `training` records
     (written by emmr compare since the gate; older runs have none, and the table is left out)."""
+    from emmr.report import ensemble_kept
+
     def kept(res: dict, method: str) -> str:
-        records = [t for t in res["methods"].get(method, {}).get("training", []) if t.get("ensemble")]
-        return f"{sum(t['ensemble']['kept'] for t in records)} of {len(records)}" if records else "n/a"
+        counts = ensemble_kept(res["methods"].get(method, {}))
+        return f"{counts[0]} of {counts[1]}" if counts else "n/a"
     rows = [(m, kept(dev, m), kept(crossed, m)) for m in dev["methods"]]
     rows = [r for r in rows if r[1:] != ("n/a", "n/a")]
     if rows:
